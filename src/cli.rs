@@ -1,0 +1,279 @@
+//! The command line (SPEC §2): clap types, and one function per subcommand that calls the
+//! library and prints what people read. Errors become exit codes here and nowhere else.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Overrides, DEFAULT_PIPELINE};
+use crate::engine::{self, RunOptions};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlpipe",
+    version,
+    about = "Batch ML pipeline orchestrator: load, validate, train, measure, score, register."
+)]
+pub struct Cli {
+    /// Log format: `pretty` (default on a terminal) or `json` (default otherwise, on stdout).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline (or part of it).
+    Run(RunArgs),
+    /// Show the DAG, the order, what would run and what would be reused.
+    Plan(RunArgs),
+    /// Print the DAG as Mermaid or Graphviz dot.
+    Graph(GraphArgs),
+    /// Check the pipeline file without touching data.
+    Validate(PipelineArgs),
+    /// Generate synthetic customer data (and truth.json).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    #[arg(default_value = DEFAULT_PIPELINE)]
+    pub pipeline: String,
+    /// Override a value of the pipeline file, e.g. `--set quality.duplicates.fail=5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Read a dataset from another location for this invocation, e.g. `--input current=s3://b/c/`.
+    #[arg(long = "input", value_name = "NAME=URL")]
+    pub input: Vec<String>,
+    /// The time freshness is measured against (RFC 3339); default: now.
+    #[arg(long = "as-of", value_name = "TIMESTAMP")]
+    pub as_of: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Run only this stage (repeatable); upstream outputs come from the run named by --run-id
+    /// (default: the latest run).
+    #[arg(long = "stage", value_name = "STAGE")]
+    pub stage: Vec<String>,
+    /// Run this stage and everything downstream of it.
+    #[arg(long, value_name = "STAGE")]
+    pub from: Option<String>,
+    /// Run this stage and everything upstream of it.
+    #[arg(long, value_name = "STAGE")]
+    pub to: Option<String>,
+    /// Resume or extend this run; a new id starts a new run.
+    #[arg(long = "run-id", value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Recompute selected stages even when an identical earlier result exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[arg(long, value_enum, default_value = "mermaid")]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Customers per dataset.
+    #[arg(long)]
+    pub rows: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where to write `customers/`, `current/` and `truth.json` (a path or URL).
+    #[arg(long)]
+    pub out: String,
+    /// Shift the `current` snapshot (0 none, 1 strong).
+    #[arg(long, default_value_t = 0.0)]
+    pub drift: f64,
+    /// Inject known defects into `customers` and list them in truth.json.
+    #[arg(long)]
+    pub defects: bool,
+    /// Snapshot time of the generated data.
+    #[arg(long = "as-of", default_value = crate::generate::DEFAULT_AS_OF)]
+    pub as_of: String,
+    #[arg(long = "rows-per-file", default_value_t = 1_000_000)]
+    pub rows_per_file: usize,
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    init_logging(json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 4;
+        }
+    };
+    match rt.block_on(dispatch(cli.command, json)) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                tracing::error!(kind = e.kind(), exit_code = e.exit_code(), "{e}");
+            }
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if json { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("MLPIPE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        let _ = builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stdout)
+            .try_init();
+    } else {
+        let _ = builder
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    }
+}
+
+fn overrides(a: &PipelineArgs) -> Result<Overrides> {
+    Ok(Overrides {
+        set: Overrides::parse_pairs(&a.set, "--set")?,
+        inputs: Overrides::parse_pairs(&a.input, "--input")?,
+        as_of: a.as_of.clone(),
+        env: true,
+    })
+}
+
+fn run_options(a: &RunArgs, progress: bool) -> RunOptions {
+    RunOptions {
+        run_id: a.run_id.clone(),
+        stages: a.stage.clone(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        force: a.force,
+        progress,
+    }
+}
+
+async fn dispatch(cmd: Command, json: bool) -> Result<i32> {
+    match cmd {
+        Command::Run(a) => {
+            let p = Arc::new(config::compile_file(
+                &a.pipeline.pipeline,
+                &overrides(&a.pipeline)?,
+            )?);
+            let progress = !json && std::io::stderr().is_terminal();
+            let opts = run_options(&a, progress);
+            let plan = engine::plan(&p, &opts).await?;
+            let outcome = engine::execute(p.clone(), plan, &opts).await?;
+            let text = crate::summary::run_summary(&p, &outcome.manifest, &p.storage.artifacts);
+            if json {
+                tracing::info!(summary = %text, run_id = %outcome.manifest.run_id, "run summary");
+            } else {
+                print!("{text}");
+            }
+            match outcome.error {
+                None => Ok(0),
+                Some(e) => Err(e),
+            }
+        }
+        Command::Plan(a) => {
+            let p = config::compile_file(&a.pipeline.pipeline, &overrides(&a.pipeline)?)?;
+            let plan = engine::plan(&p, &run_options(&a, false)).await?;
+            print!("{}", crate::summary::plan_table(&p, &plan));
+            Ok(0)
+        }
+        Command::Graph(a) => {
+            let p = config::compile_file(&a.pipeline.pipeline, &overrides(&a.pipeline)?)?;
+            let label = |i: usize| format!("{}<br/>{}", p.stages[i].name, p.stages[i].kind.name());
+            let text = match a.format {
+                GraphFormat::Mermaid => p.dag.mermaid(label),
+                GraphFormat::Dot => p.dag.dot(&p.name, |i| {
+                    format!("{}\\n({})", p.stages[i].name, p.stages[i].kind.name())
+                }),
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Validate(a) => {
+            let p = config::compile_file(&a.pipeline, &overrides(&a)?)?;
+            println!(
+                "{}: pipeline `{}` is valid — {} datasets, {} stages ({})",
+                p.file,
+                p.name,
+                p.datasets.len(),
+                p.stages.len(),
+                p.dag
+                    .topo_order()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&i| p.stages[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            );
+            Ok(0)
+        }
+        Command::Generate(a) => {
+            let as_of = config::compile::parse_timestamp(&a.as_of)
+                .ok_or_else(|| Error::Usage(format!("--as-of `{}` is not a timestamp", a.as_of)))?;
+            let o = crate::generate::Options {
+                rows: a.rows,
+                seed: a.seed,
+                out: a.out.clone(),
+                drift: a.drift,
+                defects: a.defects,
+                as_of,
+                rows_per_file: a.rows_per_file,
+            };
+            let t0 = std::time::Instant::now();
+            let s = crate::generate::generate(&o).await?;
+            println!(
+                "wrote {} customers ({} rows with duplicates) and {} current rows to {} in {:.2} s (seed {}, drift {}, defects {})",
+                a.rows,
+                s.customers.rows,
+                s.current.rows,
+                s.out,
+                t0.elapsed().as_secs_f64(),
+                s.seed,
+                s.drift,
+                if s.defects { format!("{} rejected rows listed in truth.json", s.customers.rejected.len()) } else { "none".into() }
+            );
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The loose, serde-deserialised form of a pipeline file. Nothing here is checked beyond types;
+//! [`super::compile`] turns it into a checked [`super::Pipeline`] or a list of every problem.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// `[pipeline]`: what the pipeline is called.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PipelineMeta {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[storage]`: the three roots, each a URL or a local path.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StorageSpec {
+    #[serde(default = "default_data")]
+    pub data: String,
+    #[serde(default = "default_artifacts")]
+    pub artifacts: String,
+    #[serde(default = "default_registry")]
+    pub registry: String,
+}
+
+fn default_data() -> String {
+    "data".into()
+}
+fn default_artifacts() -> String {
+    "runs".into()
+}
+fn default_registry() -> String {
+    "models".into()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            data: default_data(),
+            artifacts: default_artifacts(),
+            registry: default_registry(),
+        }
+    }
+}
+
+/// `[run]`: run-wide settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RunSpec {
+    /// The "now" that freshness is measured against; default: the clock.
+    #[serde(default)]
+    pub as_of: Option<String>,
+    /// The seed every random choice of the pipeline derives from.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Defaults for every stage.
+    #[serde(default)]
+    pub stage_timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub stage_retries: Option<u32>,
+    #[serde(default)]
+    pub retry_backoff: Option<DurationSpec>,
+}
+
+/// A duration: a number of seconds, or a string such as `"90s"`, `"10m"`, `"1h"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    Seconds(f64),
+    Text(String),
+}
+
+/// One string or a list of them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `[datasets.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DatasetSpec {
+    /// A Parquet file, a folder (every `.parquet` under it, hive partitions included) or a glob,
+    /// relative to the `data` root unless it is a URL.
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Take columns, key, timestamp and PII list from another dataset.
+    #[serde(default)]
+    pub inherit: Option<String>,
+    /// Columns of the inherited dataset that this one does not have.
+    #[serde(default)]
+    pub drop_columns: Vec<String>,
+    #[serde(default)]
+    pub primary_key: Option<OneOrMany>,
+    /// The timestamp column freshness is measured on.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Columns holding personal data: never logged in clear.
+    #[serde(default)]
+    pub pii: Option<Vec<String>>,
+    #[serde(default)]
+    pub columns: IndexMap<String, ColumnSpec>,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ColumnSpec {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default)]
+    pub nullable: Option<bool>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[quality]`: the checks of SPEC §6.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct QualitySpec {
+    /// What a failed check does: `stop` the pipeline, or `continue` with the clean rows.
+    #[serde(default)]
+    pub on_fail: Option<String>,
+    #[serde(default)]
+    pub null_rate: Option<CheckSpec>,
+    #[serde(default)]
+    pub schema_violations: Option<CheckSpec>,
+    #[serde(default)]
+    pub outliers: Option<OutlierSpec>,
+    #[serde(default)]
+    pub duplicates: Option<CheckSpec>,
+    #[serde(default)]
+    pub freshness: Option<CheckSpec>,
+}
+
+/// Thresholds of one check: at or below `warn` passes, above `fail` fails, between warns.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CheckSpec {
+    pub warn: f64,
+    pub fail: f64,
+    #[serde(default)]
+    pub on_fail: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// The outlier check: thresholds plus the rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OutlierSpec {
+    pub warn: f64,
+    pub fail: f64,
+    #[serde(default)]
+    pub on_fail: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `iqr` (Tukey's fences, `k` × IQR beyond the quartiles).
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub k: Option<f64>,
+    /// Numeric columns checked; default: every numeric column that is not a key.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+/// `[stages.NAME]`: the fields every stage has; the kind's own fields stay in `params`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StageSpec {
+    pub kind: String,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_backoff: Option<DurationSpec>,
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+/// Parameters of a `load` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LoadParams {
+    pub datasets: Vec<String>,
+}
+
+/// Parameters of a `validate` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ValidateParams {
+    pub datasets: Vec<String>,
+}

@@ -1,0 +1,361 @@
+//! The streaming Parquet reader: lists a dataset's files through a [`Store`], reads only the
+//! declared columns of each (column projection), adapts every batch to the declared schema and
+//! concatenates the result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, StringArray};
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
+#[allow(deprecated)] // see docs/ARCHITECTURE.md: replaced when a spawned reader is needed
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use sha2::{Digest, Sha256};
+
+use super::adapt::{adapt, canonical_type};
+use super::Table;
+use crate::config::{Column, Dataset};
+use crate::error::{Error, Result};
+use crate::storage::{join_url, ObjectInfo, Store};
+
+const BATCH_ROWS: usize = 64 * 1024;
+const FILES_IN_FLIGHT: usize = 4;
+
+/// Where a dataset's files are: the store they are under and their paths relative to it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub store: Store,
+    pub files: Vec<ObjectInfo>,
+    /// The dataset location as a URL, for messages.
+    pub url: String,
+}
+
+impl Located {
+    /// A fingerprint of the files' names, sizes and versions: changes when any file changes.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for f in &self.files {
+            h.update(f.path.as_bytes());
+            h.update(f.size.to_le_bytes());
+            h.update(f.e_tag.as_deref().unwrap_or(&f.last_modified).as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// Lists the Parquet files of a location: a file, a folder (recursively, hive partitions
+/// included; names starting with `_` or `.` are skipped) or a glob (`*`, `?`, `**`).
+pub async fn locate(data_root: &str, location: &str) -> Result<Located> {
+    let url = if location.contains("://") {
+        location.to_string()
+    } else {
+        join_url(data_root, location)
+    };
+    let (scheme_host, path) = split_url(&url);
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let glob_at = segments.iter().position(|s| s.contains(['*', '?']));
+    let (store, files) = if let Some(g) = glob_at {
+        let base = format!("{scheme_host}/{}", segments[..g].join("/"));
+        let pattern = segments[g..].join("/");
+        let store = Store::open(&base)?;
+        let files = store
+            .list("")
+            .await?
+            .into_iter()
+            .filter(|f| glob_match(&pattern, &f.path))
+            .collect();
+        (store, files)
+    } else if path.ends_with(".parquet") || path.ends_with(".parq") {
+        let name = segments.last().copied().unwrap_or_default();
+        let base = format!(
+            "{scheme_host}/{}",
+            segments[..segments.len().saturating_sub(1)].join("/")
+        );
+        let store = Store::open(&base)?;
+        let files = store.head(name).await?.into_iter().collect();
+        (store, files)
+    } else {
+        let store = Store::open(&url)?;
+        let files = store.list("").await?;
+        (store, files)
+    };
+    let files: Vec<ObjectInfo> = files
+        .into_iter()
+        .filter(|f| {
+            let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+            !name.starts_with(['_', '.'])
+                && (name.ends_with(".parquet") || name.ends_with(".parq") || glob_at.is_some())
+        })
+        .collect();
+    Ok(Located { store, files, url })
+}
+
+fn split_url(url: &str) -> (String, String) {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if scheme == "file" {
+                (format!("{scheme}://"), rest.to_string())
+            } else {
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                (format!("{scheme}://{host}"), path.to_string())
+            }
+        }
+        None => (String::new(), url.to_string()),
+    }
+}
+
+/// Matches a relative path against a glob: `*` and `?` within one segment, `**` across segments.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn seg(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => seg(&p[1..], s) || (!s.is_empty() && seg(p, &s[1..])),
+            (Some(b'?'), Some(_)) => seg(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => seg(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    fn parts(p: &[&str], s: &[&str]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) => parts(&p[1..], s) || (!s.is_empty() && parts(p, &s[1..])),
+            (Some(a), Some(b)) => seg(a.as_bytes(), b.as_bytes()) && parts(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.split('/').collect();
+    parts(&p, &s)
+}
+
+/// `key=value` folder names in a path (hive partitioning).
+fn partitions(path: &str) -> BTreeMap<String, String> {
+    path.split('/')
+        .rev()
+        .skip(1)
+        .filter_map(|s| s.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Reads a dataset's declared columns (or the `only` subset) from every file of `located`.
+pub async fn read_dataset(
+    ds: &Dataset,
+    located: &Located,
+    only: Option<&[String]>,
+) -> Result<Table> {
+    if located.files.is_empty() {
+        return Err(Error::Data(format!(
+            "dataset `{}`: no Parquet files at {}; check datasets.{}.location or pass --input {}=URL",
+            ds.name, located.url, ds.name, ds.name
+        )));
+    }
+    let columns: Arc<Vec<Column>> = Arc::new(
+        ds.columns
+            .iter()
+            .filter(|c| only.is_none_or(|o| o.contains(&c.name)))
+            .cloned()
+            .collect(),
+    );
+    let ds_owned = Arc::new(ds.clone());
+    let reads = located.files.iter().cloned().map(|f| {
+        let (ds, columns, store) = (ds_owned.clone(), columns.clone(), located.store.clone());
+        async move { read_file(&ds, &columns, &store, &f).await }
+    });
+    let per_file: Vec<FileColumns> = futures::stream::iter(reads)
+        .buffered(FILES_IN_FLIGHT)
+        .try_collect()
+        .await?;
+
+    // Concatenate the files column by column, shifting unparseable row numbers.
+    let mut arrays: Vec<Vec<ArrayRef>> = vec![Vec::new(); columns.len()];
+    let mut bad: Vec<Vec<u32>> = vec![Vec::new(); columns.len()];
+    let mut offset = 0u32;
+    for (cols, unparseable, rows) in per_file {
+        for (i, a) in cols.into_iter().enumerate() {
+            arrays[i].push(a);
+            bad[i].extend(unparseable[i].iter().map(|r| r + offset));
+        }
+        offset += rows as u32;
+    }
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|c| Field::new(&c.name, canonical_type(c.ty), true))
+        .collect();
+    let concatenated: Vec<ArrayRef> = arrays
+        .iter()
+        .map(|parts| {
+            let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
+            arrow::compute::concat(&refs)
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| {
+            Error::Infra(format!(
+                "dataset `{}`: cannot assemble columns: {e}",
+                ds.name
+            ))
+        })?;
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), concatenated)
+        .map_err(|e| Error::Infra(format!("dataset `{}`: {e}", ds.name)))?;
+    let unparseable = columns
+        .iter()
+        .zip(bad)
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(c, b)| (c.name.clone(), b))
+        .collect();
+    Ok(Table {
+        batch,
+        unparseable,
+        files: located.files.clone(),
+    })
+}
+
+type FileColumns = (Vec<ArrayRef>, Vec<Vec<u32>>, usize);
+
+async fn read_file(
+    ds: &Dataset,
+    columns: &[Column],
+    store: &Store,
+    f: &ObjectInfo,
+) -> Result<FileColumns> {
+    let url = store.url_of(&f.path);
+    let corrupt = |e: parquet::errors::ParquetError| {
+        Error::Data(format!(
+            "dataset `{}`: {url} is not a readable Parquet file ({e}); replace or remove it",
+            ds.name
+        ))
+    };
+    let (os, path) = store.object(&f.path);
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(os, path).with_file_size(f.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(corrupt)?;
+    let file_schema = builder.schema().clone();
+    let parts = partitions(&f.path);
+
+    // Which file column feeds each declared column; missing ones may come from the path.
+    let mut indices = Vec::new();
+    for c in columns {
+        match file_schema.index_of(&c.name) {
+            Ok(i) => indices.push(i),
+            Err(_) if parts.contains_key(&c.name) => {}
+            Err(_) => {
+                return Err(Error::Data(format!(
+                    "dataset `{}`: {url} has no column `{}` (declared in datasets.{}.columns); \
+                     fix the file or the declaration",
+                    ds.name, c.name, ds.name
+                )))
+            }
+        }
+    }
+    indices.sort_unstable();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
+    let stream = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(corrupt)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(corrupt)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+
+    let mut out = Vec::with_capacity(columns.len());
+    let mut bad = Vec::with_capacity(columns.len());
+    for c in columns {
+        let raw: ArrayRef = if file_schema.index_of(&c.name).is_ok() {
+            let pieces: Vec<ArrayRef> = batches
+                .iter()
+                .map(|b| b.column_by_name(&c.name).expect("projected column").clone())
+                .collect();
+            if pieces.is_empty() {
+                new_null_array(file_schema.field_with_name(&c.name).unwrap().data_type(), 0)
+            } else {
+                let refs: Vec<&dyn arrow::array::Array> =
+                    pieces.iter().map(|a| a.as_ref()).collect();
+                arrow::compute::concat(&refs).map_err(|e| {
+                    Error::Data(format!(
+                        "dataset `{}`: {url}: column `{}`: {e}",
+                        ds.name, c.name
+                    ))
+                })?
+            }
+        } else {
+            Arc::new(StringArray::from(vec![parts[&c.name].as_str(); rows]))
+        };
+        let adapted = adapt(&raw, c.ty).map_err(|why| {
+            Error::Data(format!(
+                "dataset `{}`: column `{}` in {url} {why}; it is declared {} in datasets.{}.columns",
+                ds.name,
+                c.name,
+                c.ty.name(),
+                ds.name
+            ))
+        })?;
+        out.push(adapted.array);
+        bad.push(adapted.unparseable);
+    }
+    Ok((out, bad, rows))
+}
+
+/// Reads a Parquet file written by a stage, as it is (no adaptation).
+pub async fn read_parquet(store: &Store, rel: &str) -> Result<RecordBatch> {
+    let info = store
+        .head(rel)
+        .await?
+        .ok_or_else(|| Error::Data(format!("{} does not exist", store.url_of(rel))))?;
+    let url = store.url_of(rel);
+    let corrupt = |e: parquet::errors::ParquetError| {
+        Error::Data(format!("{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"))
+    };
+    let (os, path) = store.object(rel);
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(os, path).with_file_size(info.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(corrupt)?;
+    let schema = builder.schema().clone();
+    let batches: Vec<RecordBatch> = builder
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(corrupt)?
+        .try_collect()
+        .await
+        .map_err(corrupt)?;
+    arrow::compute::concat_batches(&schema, &batches)
+        .map_err(|e| Error::Data(format!("{url}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.parquet", "a.parquet"));
+        assert!(!glob_match("*.parquet", "x/a.parquet"));
+        assert!(glob_match("**/*.parquet", "x/y/a.parquet"));
+        assert!(glob_match("**/*.parquet", "a.parquet"));
+        assert!(glob_match("part-?.parquet", "part-1.parquet"));
+        assert!(!glob_match("part-?.parquet", "part-10.parquet"));
+    }
+
+    #[test]
+    fn hive_partitions_come_from_folders_only() {
+        let p = partitions("region=north/year=2026/part-0.parquet");
+        assert_eq!(p["region"], "north");
+        assert_eq!(p["year"], "2026");
+        assert!(partitions("a=b.parquet").is_empty());
+    }
+
+    #[test]
+    fn urls_split_into_store_and_path() {
+        assert_eq!(split_url("s3://bkt/a/b"), ("s3://bkt".into(), "a/b".into()));
+        assert_eq!(
+            split_url("file:///tmp/x"),
+            ("file://".into(), "/tmp/x".into())
+        );
+    }
+}

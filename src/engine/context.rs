@@ -1,0 +1,185 @@
+//! What a running stage sees: the pipeline, the stores, the outputs of the stages it needs, a
+//! place to write its own outputs, progress, and the in-process cache of tables.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+
+use super::faults::Faults;
+use super::manifest::{OutputRecord, StageRecord};
+use crate::config::{Pipeline, Stage};
+use crate::data::reader::Located;
+use crate::error::{Error, Result};
+use crate::storage::Store;
+
+/// State shared by every stage of one invocation.
+pub struct Shared {
+    pub pipeline: Arc<Pipeline>,
+    pub run_id: String,
+    pub artifacts: Store,
+    pub as_of: DateTime<Utc>,
+    /// Whether `as_of` was given (`--as-of` or `run.as_of`) rather than read from the clock.
+    pub as_of_pinned: bool,
+    /// Dataset locations listed while planning, by dataset name.
+    pub located: HashMap<String, Located>,
+    /// Tables decoded in this process, by artifact path, so downstream stages skip re-reading.
+    pub tables: Mutex<HashMap<String, Arc<RecordBatch>>>,
+    /// Datasets read in this process, by name and input fingerprint.
+    pub datasets: Mutex<HashMap<(String, String), Arc<crate::data::Table>>>,
+    pub faults: Faults,
+}
+
+/// The context of one attempt of one stage.
+pub struct StageCtx {
+    pub shared: Arc<Shared>,
+    pub stage: Stage,
+    pub attempt: u32,
+    /// Records of the stages this one needs, by name.
+    pub upstream: HashMap<String, StageRecord>,
+    pub progress: ProgressBar,
+    outputs: Mutex<Vec<OutputRecord>>,
+}
+
+impl StageCtx {
+    pub fn new(
+        shared: Arc<Shared>,
+        stage: Stage,
+        attempt: u32,
+        upstream: HashMap<String, StageRecord>,
+        progress: ProgressBar,
+    ) -> Self {
+        StageCtx {
+            shared,
+            stage,
+            attempt,
+            upstream,
+            progress,
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.shared.pipeline
+    }
+
+    /// The artifact path of a file this stage writes.
+    pub fn output_path(&self, file: &str) -> String {
+        format!("{}/{}/{}", self.shared.run_id, self.stage.name, file)
+    }
+
+    /// Writes one output atomically and records it (with its SHA-256) for the manifest.
+    pub async fn write(&self, name: &str, file: &str, bytes: Bytes) -> Result<OutputRecord> {
+        let path = self.output_path(file);
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let rec = OutputRecord {
+            name: name.to_string(),
+            path: path.clone(),
+            sha256,
+            bytes: bytes.len() as u64,
+        };
+        self.shared.artifacts.put(&path, bytes).await?;
+        let first = {
+            let mut outs = self.outputs.lock().unwrap();
+            outs.retain(|o| o.name != name);
+            outs.push(rec.clone());
+            outs.len() == 1
+        };
+        if first {
+            self.shared
+                .faults
+                .after_first_write(&self.stage.name, self.attempt)?;
+        }
+        Ok(rec)
+    }
+
+    /// Writes a JSON output.
+    pub async fn write_json<T: serde::Serialize>(
+        &self,
+        name: &str,
+        file: &str,
+        value: &T,
+    ) -> Result<OutputRecord> {
+        let mut v = serde_json::to_vec_pretty(value)?;
+        v.push(b'\n');
+        self.write(name, file, Bytes::from(v)).await
+    }
+
+    /// Writes a table as Parquet and keeps it in the in-process cache.
+    pub async fn write_table(
+        &self,
+        name: &str,
+        file: &str,
+        batch: RecordBatch,
+    ) -> Result<OutputRecord> {
+        let b = batch.clone();
+        let bytes = tokio::task::spawn_blocking(move || crate::data::writer::to_parquet(&[b]))
+            .await
+            .map_err(|e| {
+                Error::Infra(format!(
+                    "stage `{}`: writer task failed: {e}",
+                    self.stage.name
+                ))
+            })??;
+        let rec = self.write(name, file, bytes).await?;
+        self.shared
+            .tables
+            .lock()
+            .unwrap()
+            .insert(rec.path.clone(), Arc::new(batch));
+        Ok(rec)
+    }
+
+    /// An output of a stage this one needs.
+    pub fn input(&self, stage: &str, name: &str) -> Result<OutputRecord> {
+        let rec = self.upstream.get(stage).ok_or_else(|| {
+            Error::Usage(format!(
+                "stage `{}` reads from `{stage}` but does not list it in `needs`",
+                self.stage.name
+            ))
+        })?;
+        rec.output(name).cloned().ok_or_else(|| {
+            Error::Data(format!(
+                "stage `{}` needs output `{name}` of stage `{stage}`, which its record does not list; re-run `{stage}` with --force",
+                self.stage.name
+            ))
+        })
+    }
+
+    /// Reads a table written by an upstream stage (from the in-process cache when possible).
+    pub async fn read_table(&self, out: &OutputRecord) -> Result<Arc<RecordBatch>> {
+        if let Some(t) = self.shared.tables.lock().unwrap().get(&out.path) {
+            return Ok(t.clone());
+        }
+        let b =
+            Arc::new(crate::data::reader::read_parquet(&self.shared.artifacts, &out.path).await?);
+        self.shared
+            .tables
+            .lock()
+            .unwrap()
+            .insert(out.path.clone(), b.clone());
+        Ok(b)
+    }
+
+    /// Reads a JSON output of an upstream stage.
+    pub async fn read_json<T: serde::de::DeserializeOwned>(&self, out: &OutputRecord) -> Result<T> {
+        self.shared
+            .artifacts
+            .get_json(&out.path)
+            .await?
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "{} is missing; re-run the stage that wrote it with --force",
+                    self.shared.artifacts.url_of(&out.path)
+                ))
+            })
+    }
+
+    pub fn take_outputs(&self) -> Vec<OutputRecord> {
+        std::mem::take(&mut self.outputs.lock().unwrap())
+    }
+}

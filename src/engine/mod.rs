@@ -1,0 +1,709 @@
+//! The DAG engine (SPEC §5): plans an invocation (what runs, what is reused, what comes from an
+//! earlier run), then executes the stages on tokio, independent ones concurrently, each with a
+//! timeout and retries with backoff, recording every transition in the run's manifest.
+
+pub mod context;
+pub mod faults;
+pub mod manifest;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::config::{Pipeline, Stage};
+use crate::error::{Error, Result};
+use crate::stages;
+use crate::storage::Store;
+use context::{Shared, StageCtx};
+use manifest::{Manifest, RunStatus, StageRecord, StageStatus};
+
+/// The version recorded in manifests; part of every stage fingerprint.
+pub const CODE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How one invocation of `mlpipe run` (or `plan`) was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub run_id: Option<String>,
+    pub stages: Vec<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub force: bool,
+    /// Show progress spinners (on a terminal, in pretty mode).
+    pub progress: bool,
+}
+
+/// What the engine will do with a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Execute it.
+    Run,
+    /// Take the outputs of an earlier run's identical stage.
+    Reuse { from_run: String },
+    /// Already completed in this run (resume).
+    Done,
+    /// Not selected, but needed: take its outputs from another run.
+    Upstream { from_run: String },
+    /// Not part of this invocation.
+    Skip,
+}
+
+/// One stage in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStage {
+    pub name: String,
+    pub kind: String,
+    pub needs: Vec<String>,
+    #[serde(flatten)]
+    pub action: Action,
+    pub fingerprint: String,
+    #[serde(skip)]
+    record: Option<StageRecord>,
+}
+
+/// The plan of an invocation.
+pub struct Plan {
+    pub run_id: String,
+    /// The run id already exists: this invocation resumes or extends it.
+    pub resumed: bool,
+    /// Stages in execution order.
+    pub stages: Vec<PlannedStage>,
+    pub as_of: DateTime<Utc>,
+    pub as_of_pinned: bool,
+    existing: Option<Manifest>,
+    located: HashMap<String, crate::data::reader::Located>,
+    artifacts: Store,
+}
+
+/// A finished invocation: its manifest, and the error that ended it, if any.
+pub struct RunOutcome {
+    pub manifest: Manifest,
+    pub error: Option<Error>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Latest {
+    run_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    run_id: String,
+    record: StageRecord,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A new run id: UTC time, then 4 hex characters so runs started in the same second differ.
+pub fn new_run_id() -> String {
+    let t = now();
+    let mut h = Sha256::new();
+    h.update(t.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    format!(
+        "{}-{}",
+        t.format("%Y%m%dT%H%M%SZ"),
+        &hex::encode(h.finalize())[..4]
+    )
+}
+
+fn check_run_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with(['.', '_']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--run-id `{id}`: use letters, digits, `-`, `_` and `.` (not first), at most 128 characters"
+        )))
+    }
+}
+
+fn cache_path(stage: &str, fp: &str) -> String {
+    format!("_cache/{stage}/{fp}.json")
+}
+
+/// Reads a run's manifest.
+pub async fn load_manifest(artifacts: &Store, run_id: &str) -> Result<Option<Manifest>> {
+    artifacts.get_json(&format!("{run_id}/manifest.json")).await
+}
+
+/// The id of the most recently started run, if any.
+pub async fn latest_run(artifacts: &Store) -> Result<Option<String>> {
+    Ok(artifacts
+        .get_json::<Latest>("LATEST")
+        .await?
+        .map(|l| l.run_id))
+}
+
+/// Which stages the options select.
+fn selection(p: &Pipeline, o: &RunOptions) -> Result<BTreeSet<usize>> {
+    let idx = |name: &str, flag: &str| {
+        p.stage_index(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "{flag} {name}: no such stage in {} (stages: {})",
+                p.file,
+                p.dag.names.join(", ")
+            ))
+        })
+    };
+    let all: BTreeSet<usize> = (0..p.dag.len()).collect();
+    let mut sel = all.clone();
+    if !o.stages.is_empty() {
+        sel = o
+            .stages
+            .iter()
+            .map(|s| idx(s, "--stage"))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(f) = &o.from {
+        let i = idx(f, "--from")?;
+        let mut d = p.dag.descendants(i);
+        d.insert(i);
+        sel = sel.intersection(&d).copied().collect();
+    }
+    if let Some(t) = &o.to {
+        let i = idx(t, "--to")?;
+        let mut a = p.dag.ancestors(i);
+        a.insert(i);
+        sel = sel.intersection(&a).copied().collect();
+    }
+    if sel.is_empty() {
+        return Err(Error::Usage(
+            "the --stage/--from/--to options select no stage".into(),
+        ));
+    }
+    Ok(sel)
+}
+
+/// Plans an invocation without executing anything (lists inputs, reads manifests).
+pub async fn plan(p: &Pipeline, o: &RunOptions) -> Result<Plan> {
+    let artifacts = Store::open(&p.storage.artifacts)?;
+    if let Some(id) = &o.run_id {
+        check_run_id(id)?;
+    }
+    let selected = selection(p, o)?;
+    let run_id = o.run_id.clone().unwrap_or_else(new_run_id);
+    let existing = load_manifest(&artifacts, &run_id).await?;
+    if let Some(m) = &existing {
+        if m.pipeline != p.name {
+            return Err(Error::Usage(format!(
+                "run `{run_id}` belongs to pipeline `{}`, not `{}`; pick another --run-id",
+                m.pipeline, p.name
+            )));
+        }
+    }
+    let (as_of, as_of_pinned) = match (p.as_of, &existing) {
+        (Some(t), _) => (t, true),
+        (None, Some(m)) => (
+            crate::config::compile::parse_timestamp(&m.as_of).unwrap_or_else(now),
+            false,
+        ),
+        (None, None) => (now(), false),
+    };
+    let order = p.dag.topo_order().expect("compiled pipelines are acyclic");
+    let needed: BTreeSet<usize> = selected
+        .iter()
+        .flat_map(|&i| p.dag.ancestors(i))
+        .filter(|i| !selected.contains(i))
+        .collect();
+    // Where upstream outputs come from: this run if it exists, else the latest run.
+    let base: Option<Manifest> = if needed.is_empty() {
+        None
+    } else if existing.is_some() {
+        existing.clone()
+    } else {
+        match latest_run(&artifacts).await? {
+            Some(id) => load_manifest(&artifacts, &id).await?,
+            None => None,
+        }
+    };
+
+    // Locate the inputs of the selected load stages (their fingerprints decide reuse).
+    let mut located = HashMap::new();
+    for &i in &selected {
+        for ds in stages::datasets_read(&p.stages[i]) {
+            if !located.contains_key(&ds) {
+                let d = &p.datasets[&ds];
+                located.insert(
+                    ds.clone(),
+                    crate::data::reader::locate(&p.storage.data, &d.location).await?,
+                );
+            }
+        }
+    }
+
+    let mut fps: HashMap<usize, String> = HashMap::new();
+    let mut out = Vec::new();
+    for i in order {
+        let st = &p.stages[i];
+        let needs = st.needs.clone();
+        let mut planned = PlannedStage {
+            name: st.name.clone(),
+            kind: st.kind.name().to_string(),
+            needs,
+            action: Action::Skip,
+            fingerprint: String::new(),
+            record: None,
+        };
+        if selected.contains(&i) {
+            let upstream: Vec<&String> = p.dag.deps[i].iter().map(|d| &fps[d]).collect();
+            let fp = fingerprint(p, st, &upstream, &located, as_of_pinned.then_some(as_of));
+            planned.fingerprint = fp.clone();
+            let done_here = existing
+                .as_ref()
+                .and_then(|m| m.stage(&st.name))
+                .filter(|r| r.status.is_done() && r.fingerprint == fp);
+            if let (Some(r), false) = (done_here, o.force) {
+                planned.action = Action::Done;
+                planned.record = Some(r.clone());
+            } else if let (false, Some(hit)) = (o.force, cached(&artifacts, &st.name, &fp).await?) {
+                planned.action = Action::Reuse {
+                    from_run: hit.run_id.clone(),
+                };
+                let mut r = hit.record;
+                r.status = StageStatus::Reused;
+                r.reused_from = Some(r.reused_from.clone().unwrap_or(hit.run_id));
+                planned.record = Some(r);
+            } else {
+                planned.action = Action::Run;
+            }
+            fps.insert(i, fp);
+        } else if needed.contains(&i) {
+            let Some(b) = &base else {
+                return Err(Error::Data(format!(
+                    "stage `{}` needs the outputs of `{}`, and there is no earlier run to take them from; \
+                     run the whole pipeline first, or add --stage {}",
+                    selected.iter().map(|&s| p.stages[s].name.as_str()).collect::<Vec<_>>().join("`, `"),
+                    st.name,
+                    st.name
+                )));
+            };
+            let rec = b
+                .stage(&st.name)
+                .filter(|r| r.status.is_done())
+                .ok_or_else(|| {
+                    Error::Data(format!(
+                    "run `{}` has no completed `{}` stage, whose outputs the selected stages need; \
+                     run `mlpipe run --stage {} --run-id {}` first",
+                    b.run_id, st.name, st.name, b.run_id
+                ))
+                })?;
+            planned.fingerprint = rec.fingerprint.clone();
+            if existing.as_ref().is_some_and(|m| m.run_id == b.run_id) {
+                planned.action = Action::Done;
+                planned.record = Some(rec.clone());
+            } else {
+                planned.action = Action::Upstream {
+                    from_run: b.run_id.clone(),
+                };
+                let mut r = rec.clone();
+                r.status = StageStatus::Reused;
+                r.reused_from = Some(r.reused_from.clone().unwrap_or_else(|| b.run_id.clone()));
+                planned.record = Some(r);
+            }
+            fps.insert(i, rec.fingerprint.clone());
+        }
+        out.push(planned);
+    }
+    Ok(Plan {
+        resumed: existing.is_some(),
+        run_id,
+        stages: out,
+        as_of,
+        as_of_pinned,
+        existing,
+        located,
+        artifacts,
+    })
+}
+
+/// A cache entry whose outputs all still exist and whose validity has not run out.
+async fn cached(artifacts: &Store, stage: &str, fp: &str) -> Result<Option<CacheEntry>> {
+    let Some(e) = artifacts
+        .get_json::<CacheEntry>(&cache_path(stage, fp))
+        .await
+        .ok()
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    if let Some(until) = e
+        .record
+        .valid_until
+        .as_deref()
+        .and_then(crate::config::compile::parse_timestamp)
+    {
+        if now() > until {
+            return Ok(None);
+        }
+    }
+    for o in &e.record.outputs {
+        match artifacts.head(&o.path).await? {
+            Some(h) if h.size == o.bytes => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(e))
+}
+
+/// The fingerprint of a stage: its kind's configuration, its inputs, the fingerprints of the
+/// stages it needs, and the code version. Equal fingerprints mean equal outputs.
+fn fingerprint(
+    p: &Pipeline,
+    st: &Stage,
+    upstream: &[&String],
+    located: &HashMap<String, crate::data::reader::Located>,
+    as_of: Option<DateTime<Utc>>,
+) -> String {
+    let inputs: serde_json::Map<String, serde_json::Value> = stages::datasets_read(st)
+        .into_iter()
+        .filter_map(|d| {
+            located
+                .get(&d)
+                .map(|l| (d, serde_json::Value::String(l.fingerprint())))
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "code": CODE_VERSION,
+        "kind_version": stages::kind_version(st),
+        "config": stages::config_slice(p, st),
+        "inputs": inputs,
+        "upstream": upstream,
+        "as_of": as_of.map(ts),
+    });
+    hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..16].to_string()
+}
+
+/// Updates the manifest and persists it after every change.
+struct ManifestWriter {
+    manifest: Manifest,
+    artifacts: Store,
+}
+
+impl ManifestWriter {
+    async fn update<R>(&mut self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R> {
+        let r = f(&mut self.manifest);
+        self.artifacts
+            .put_json(
+                &format!("{}/manifest.json", self.manifest.run_id),
+                &self.manifest,
+            )
+            .await?;
+        Ok(r)
+    }
+}
+
+/// Executes a plan.
+pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let faults = faults::Faults::from_env()?;
+    let mut manifest = match plan.existing.clone() {
+        Some(mut m) => {
+            m.invocations += 1;
+            m.status = RunStatus::Running;
+            m.finished_at = None;
+            m.config = p.resolved.clone();
+            m.code_version = CODE_VERSION.into();
+            m
+        }
+        None => Manifest {
+            run_id: plan.run_id.clone(),
+            pipeline: p.name.clone(),
+            pipeline_file: p.file.clone(),
+            status: RunStatus::Running,
+            started_at: ts(now()),
+            finished_at: None,
+            duration_s: None,
+            invocations: 1,
+            code_version: CODE_VERSION.into(),
+            as_of: ts(plan.as_of),
+            inputs: Default::default(),
+            stages: Default::default(),
+            config: p.resolved.clone(),
+        },
+    };
+    // Records in declaration order.
+    let mut records = indexmap::IndexMap::new();
+    for st in &p.stages {
+        let planned = plan
+            .stages
+            .iter()
+            .find(|s| s.name == st.name)
+            .expect("planned");
+        let previous = manifest.stages.get(&st.name).cloned();
+        let rec = match (&planned.action, &planned.record) {
+            (Action::Done | Action::Reuse { .. } | Action::Upstream { .. }, Some(r)) => r.clone(),
+            (Action::Run, _) => {
+                let mut r = StageRecord::new(
+                    &planned.kind,
+                    StageStatus::Pending,
+                    planned.fingerprint.clone(),
+                );
+                r.attempts = previous.map(|p| p.attempts).unwrap_or(0);
+                r
+            }
+            _ => previous.unwrap_or_else(|| {
+                StageRecord::new(&planned.kind, StageStatus::NotSelected, String::new())
+            }),
+        };
+        records.insert(st.name.clone(), rec);
+    }
+    manifest.stages = records;
+    for (name, l) in &plan.located {
+        manifest.inputs.insert(
+            name.clone(),
+            serde_json::json!({ "url": l.url, "fingerprint": l.fingerprint(), "files": l.files.len() }),
+        );
+    }
+    let artifacts = plan.artifacts.clone();
+    let writer = Arc::new(Mutex::new(ManifestWriter {
+        manifest,
+        artifacts: artifacts.clone(),
+    }));
+    writer.lock().await.update(|_| ()).await?;
+    artifacts
+        .put_json(
+            "LATEST",
+            &Latest {
+                run_id: plan.run_id.clone(),
+            },
+        )
+        .await?;
+    tracing::info!(run_id = %plan.run_id, pipeline = %p.name, resumed = plan.resumed, "run started");
+
+    let shared = Arc::new(Shared {
+        pipeline: p.clone(),
+        run_id: plan.run_id.clone(),
+        artifacts: artifacts.clone(),
+        as_of: plan.as_of,
+        as_of_pinned: plan.as_of_pinned,
+        located: plan.located.clone(),
+        tables: Default::default(),
+        datasets: Default::default(),
+        faults,
+    });
+    let bars = if o.progress {
+        MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    };
+
+    let mut pending: Vec<usize> = plan
+        .stages
+        .iter()
+        .filter(|s| s.action == Action::Run)
+        .map(|s| p.stage_index(&s.name).unwrap())
+        .collect();
+    let mut running: JoinSet<(usize, Result<()>)> = JoinSet::new();
+    let mut first_error: Option<(usize, Error)> = None;
+    loop {
+        if first_error.is_none() {
+            let m = writer.lock().await.manifest.clone();
+            let ready: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    p.dag.deps[i]
+                        .iter()
+                        .all(|&d| m.stages[&p.stages[d].name].status.is_done())
+                })
+                .collect();
+            for i in ready {
+                pending.retain(|&x| x != i);
+                let st = p.stages[i].clone();
+                let upstream: HashMap<String, StageRecord> = p.dag.deps[i]
+                    .iter()
+                    .map(|&d| {
+                        (
+                            p.stages[d].name.clone(),
+                            m.stages[&p.stages[d].name].clone(),
+                        )
+                    })
+                    .collect();
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:<18} {elapsed:>4} {wide_msg}")
+                        .expect("valid template"),
+                );
+                bar.set_prefix(st.name.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                let (shared, writer) = (shared.clone(), writer.clone());
+                running.spawn(async move {
+                    let r = run_stage(shared, st, upstream, writer, bar.clone()).await;
+                    bar.finish_and_clear();
+                    (i, r)
+                });
+            }
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (i, r) = joined.map_err(|e| Error::Infra(format!("a stage task panicked: {e}")))?;
+        if let Err(e) = r {
+            if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                first_error = Some((i, e));
+            }
+        }
+    }
+    // Whatever could not start because something failed is skipped.
+    let status = {
+        let mut w = writer.lock().await;
+        let elapsed = started.elapsed().as_secs_f64();
+        w.update(|m| {
+            for &i in &pending {
+                if let Some(r) = m.stages.get_mut(&p.stages[i].name) {
+                    r.status = StageStatus::Skipped;
+                }
+            }
+            m.status = if first_error.is_some() {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            };
+            m.finished_at = Some(ts(now()));
+            m.duration_s = Some(elapsed);
+            m.status
+        })
+        .await?
+    };
+    tracing::info!(run_id = %plan.run_id, status = ?status, seconds = started.elapsed().as_secs_f64(), "run finished");
+    let manifest = writer.lock().await.manifest.clone();
+    Ok(RunOutcome {
+        manifest,
+        error: first_error.map(|(_, e)| e),
+    })
+}
+
+/// Runs one stage: attempts with a timeout each, retries with exponential backoff for
+/// infrastructure errors, and the manifest updated at every transition.
+async fn run_stage(
+    shared: Arc<Shared>,
+    st: Stage,
+    upstream: HashMap<String, StageRecord>,
+    writer: Arc<Mutex<ManifestWriter>>,
+    bar: ProgressBar,
+) -> Result<()> {
+    let name = st.name.clone();
+    let max_attempts = 1 + st.retries;
+    let begun = now();
+    let t0 = Instant::now();
+    for attempt in 1..=max_attempts {
+        let total = writer
+            .lock()
+            .await
+            .update(|m| {
+                let r = m.stages.get_mut(&name).expect("record");
+                r.status = StageStatus::Running;
+                r.attempts += 1;
+                r.started_at = Some(ts(begun));
+                r.error = None;
+                r.error_kind = None;
+                r.attempts
+            })
+            .await?;
+        tracing::info!(stage = %name, attempt = total, "stage started");
+        let ctx = StageCtx::new(
+            shared.clone(),
+            st.clone(),
+            attempt,
+            upstream.clone(),
+            bar.clone(),
+        );
+        let work = async {
+            if shared.faults.get(&name) == Some(faults::Fault::Hang) {
+                tokio::time::sleep(Duration::from_secs(86_400)).await;
+            }
+            stages::execute(&ctx).await
+        };
+        let result = match tokio::time::timeout(st.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Infra(format!(
+                "stage `{name}` timed out after {:.0?}; raise stages.{name}.timeout or look at why it is slow",
+                st.timeout
+            ))),
+        };
+        let outputs = ctx.take_outputs();
+        match result {
+            Ok(done) => {
+                let elapsed = t0.elapsed().as_secs_f64();
+                let rec = writer
+                    .lock()
+                    .await
+                    .update(|m| {
+                        if let Some(inputs) = done.summary.get("inputs").and_then(|v| v.as_object())
+                        {
+                            for (k, v) in inputs {
+                                m.inputs.insert(k.clone(), v.clone());
+                            }
+                        }
+                        let r = m.stages.get_mut(&name).expect("record");
+                        r.status = StageStatus::Succeeded;
+                        r.outputs = outputs;
+                        r.summary = done.summary;
+                        r.valid_until = done.valid_until.map(ts);
+                        r.finished_at = Some(ts(now()));
+                        r.duration_s = Some(elapsed);
+                        r.reused_from = None;
+                        r.clone()
+                    })
+                    .await?;
+                let entry = CacheEntry {
+                    run_id: shared.run_id.clone(),
+                    record: rec.clone(),
+                };
+                shared
+                    .artifacts
+                    .put_json(&cache_path(&name, &rec.fingerprint), &entry)
+                    .await?;
+                tracing::info!(stage = %name, attempt = total, seconds = elapsed, "stage succeeded");
+                return Ok(());
+            }
+            Err(e) => {
+                let retryable = matches!(e, Error::Storage(_) | Error::Infra(_));
+                if retryable && attempt < max_attempts {
+                    let wait = st.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                    tracing::warn!(stage = %name, attempt = total, error = %e, retry_in_s = wait.as_secs_f64(), "stage attempt failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let elapsed = t0.elapsed().as_secs_f64();
+                let msg = e.to_string();
+                let kind = e.kind();
+                writer
+                    .lock()
+                    .await
+                    .update(|m| {
+                        let r = m.stages.get_mut(&name).expect("record");
+                        r.status = StageStatus::Failed;
+                        r.outputs = outputs;
+                        r.error = Some(msg.clone());
+                        r.error_kind = Some(kind.into());
+                        r.finished_at = Some(ts(now()));
+                        r.duration_s = Some(elapsed);
+                    })
+                    .await?;
+                tracing::error!(stage = %name, attempt = total, error = %msg, "stage failed");
+                return Err(e.context(format!("stage `{name}`")));
+            }
+        }
+    }
+    unreachable!("the loop returns on the last attempt")
+}

@@ -1,0 +1,102 @@
+//! One error type for the library, grouped by what the user has to do about it.
+//! Each variant maps to one exit code of SPEC §2.
+
+use std::fmt;
+
+/// The crate's result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, grouped by the exit code it produces.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad usage or a bad pipeline file (exit 2). Holds every problem found.
+    #[error("{}", render_config(.file, .problems))]
+    Config { file: String, problems: Vec<String> },
+
+    /// Bad command-line usage (exit 2).
+    #[error("{0}")]
+    Usage(String),
+
+    /// Input data unusable: missing, corrupt, wrong schema (exit 3).
+    #[error("{0}")]
+    Data(String),
+
+    /// The pipeline ran and a gate or check failed (exit 1).
+    #[error("{0}")]
+    CheckFailed(String),
+
+    /// Storage or other infrastructure failure (exit 4).
+    #[error("{0}")]
+    Storage(String),
+
+    /// A stage exceeded its timeout or failed for a reason outside the data (exit 4).
+    #[error("{0}")]
+    Infra(String),
+}
+
+fn render_config(file: &str, problems: &[String]) -> String {
+    let mut s = String::new();
+    let n = problems.len();
+    let _ = fmt::Write::write_fmt(
+        &mut s,
+        format_args!(
+            "pipeline file {file} has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        ),
+    );
+    for p in problems {
+        s.push_str("\n  - ");
+        s.push_str(p);
+    }
+    s
+}
+
+impl Error {
+    /// The process exit code for this error (SPEC §2).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::CheckFailed(_) => 1,
+            Error::Config { .. } | Error::Usage(_) => 2,
+            Error::Data(_) => 3,
+            Error::Storage(_) | Error::Infra(_) => 4,
+        }
+    }
+
+    /// Adds context in front of the message, keeping the kind.
+    pub fn context(self, ctx: impl fmt::Display) -> Error {
+        match self {
+            Error::Config { file, problems } => Error::Config { file, problems },
+            Error::Usage(m) => Error::Usage(format!("{ctx}: {m}")),
+            Error::Data(m) => Error::Data(format!("{ctx}: {m}")),
+            Error::CheckFailed(m) => Error::CheckFailed(format!("{ctx}: {m}")),
+            Error::Storage(m) => Error::Storage(format!("{ctx}: {m}")),
+            Error::Infra(m) => Error::Infra(format!("{ctx}: {m}")),
+        }
+    }
+
+    /// A short name of the kind, used in manifests and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Usage(_) => "usage",
+            Error::Data(_) => "data",
+            Error::CheckFailed(_) => "check_failed",
+            Error::Storage(_) => "storage",
+            Error::Infra(_) => "infra",
+        }
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        Error::Storage(format!(
+            "{e}; check the storage URL, that the location exists and that the credentials allow access"
+        ))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Data(format!("invalid JSON: {e}"))
+    }
+}

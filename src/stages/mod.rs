@@ -1,0 +1,104 @@
+//! The stage kinds. The engine knows them only through this module: what each reads, the part
+//! of the configuration its outputs depend on, and how to execute it.
+
+pub mod load;
+pub mod validate;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Pipeline, Stage, StageKind};
+use crate::data::Table;
+use crate::engine::context::StageCtx;
+use crate::error::Result;
+
+/// What a successful stage hands back besides its outputs.
+#[derive(Debug, Default)]
+pub struct StageDone {
+    /// Figures for the manifest and the summary; an `inputs` object is merged into the manifest.
+    pub summary: serde_json::Value,
+    /// After this time the outputs must not be reused.
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// Executes one attempt of a stage.
+pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
+    match &ctx.stage.kind {
+        StageKind::Load { datasets } => load::run(ctx, datasets).await,
+        StageKind::Validate { datasets } => validate::run(ctx, datasets).await,
+    }
+}
+
+/// Datasets a stage reads from the data root (their files' fingerprints enter its fingerprint).
+pub fn datasets_read(st: &Stage) -> Vec<String> {
+    match &st.kind {
+        StageKind::Load { datasets } => datasets.clone(),
+        StageKind::Validate { .. } => Vec::new(),
+    }
+}
+
+/// Bumped when a kind's logic changes its outputs, so earlier results are not reused.
+pub fn kind_version(st: &Stage) -> u32 {
+    match &st.kind {
+        StageKind::Load { .. } => 1,
+        StageKind::Validate { .. } => 1,
+    }
+}
+
+/// The configuration a stage's outputs depend on.
+pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
+    let datasets = |names: &[String]| -> serde_json::Value {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    serde_json::to_value(&p.datasets[n]).unwrap_or_default(),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    match &st.kind {
+        StageKind::Load { datasets: d } => {
+            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "data": p.storage.data })
+        }
+        StageKind::Validate { datasets: d } => {
+            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "quality": p.quality })
+        }
+    }
+}
+
+/// A dataset's table: from this process's cache, or read again from its files (which must be
+/// the files the load stage fingerprinted).
+pub async fn dataset_table(
+    ctx: &StageCtx,
+    name: &str,
+    expected_fingerprint: Option<&str>,
+) -> Result<Arc<Table>> {
+    let shared = &ctx.shared;
+    let ds = &shared.pipeline.datasets[name];
+    let located = match shared.located.get(name) {
+        Some(l) => l.clone(),
+        None => crate::data::reader::locate(&shared.pipeline.storage.data, &ds.location).await?,
+    };
+    let fp = located.fingerprint();
+    if let Some(want) = expected_fingerprint {
+        if want != fp {
+            return Err(crate::error::Error::Data(format!(
+                "dataset `{name}` at {} changed since it was loaded (fingerprint {want}, now {fp}); re-run from the load stage",
+                located.url
+            )));
+        }
+    }
+    let key = (name.to_string(), fp);
+    if let Some(t) = shared.datasets.lock().unwrap().get(&key) {
+        return Ok(t.clone());
+    }
+    ctx.progress
+        .set_message(format!("reading {name} ({} files)", located.files.len()));
+    let t = Arc::new(crate::data::reader::read_dataset(ds, &located, None).await?);
+    shared.datasets.lock().unwrap().insert(key, t.clone());
+    Ok(t)
+}

@@ -1,0 +1,317 @@
+//! The one storage abstraction: a [`Store`] is an `object_store` plus a prefix, made from a URL.
+//!
+//! `file://` (and plain paths), `memory://NAME` and, where the build enables it, `s3://` all go
+//! through `object_store::parse_url_opts`, so nothing outside this module knows which backend a
+//! URL names. Writes are whole-object puts, which every backend makes atomic: an object is either
+//! absent or complete, never half-written.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// An object store rooted at a prefix, addressed by relative paths such as `run-1/load/load.json`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+/// One object found under a store: its path relative to the store, and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectInfo {
+    pub path: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+    pub last_modified: String,
+}
+
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// Turns a user-supplied location into a URL: URLs pass through; plain paths become `file://`
+/// URLs, relative ones resolved against the current directory.
+pub fn normalize_url(location: &str) -> Result<String> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let p = std::path::Path::new(location);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::Storage(format!("cannot read the current directory: {e}")))?
+            .join(p)
+    };
+    let url = Url::from_directory_path(&abs)
+        .map_err(|_| Error::Usage(format!("`{location}` is not a usable path")))?;
+    Ok(url.to_string())
+}
+
+/// Joins a relative path onto a URL, keeping exactly one `/` between them.
+pub fn join_url(base: &str, rel: &str) -> String {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return base.to_string();
+    }
+    format!("{}/{}", base.trim_end_matches('/'), rel)
+}
+
+impl Store {
+    /// Opens the store a URL names. `file://` folders need not exist yet.
+    pub fn open(location: &str) -> Result<Store> {
+        let url_s = normalize_url(location)?;
+        let url = Url::parse(&url_s)
+            .map_err(|e| Error::Usage(format!("`{location}` is not a valid storage URL: {e}")))?;
+        let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
+            "memory" => {
+                let name = url.host_str().unwrap_or("default").to_string();
+                let store = memory_stores()
+                    .lock()
+                    .expect("memory store registry poisoned")
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone();
+                let prefix = Path::parse(url.path().trim_matches('/'))
+                    .map_err(|e| Error::Usage(format!("`{location}` has an invalid path: {e}")))?;
+                (store, prefix)
+            }
+            "file" => {
+                let (store, path) = object_store::parse_url(&url)
+                    .map_err(|e| Error::Usage(format!("`{location}` cannot be opened: {e}")))?;
+                (Arc::from(store), path)
+            }
+            other => {
+                let (store, path) =
+                    object_store::parse_url_opts(&url, crate::storage::env_options(other))
+                        .map_err(|e| {
+                            Error::Usage(format!(
+                                "`{location}`: storage scheme `{other}` is not available in this build ({e}); \
+                                 use file://, memory:// or a path"
+                            ))
+                        })?;
+                (Arc::from(store), path)
+            }
+        };
+        Ok(Store {
+            inner,
+            prefix,
+            url: url_s.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The URL this store is rooted at, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of a relative path inside this store.
+    pub fn url_of(&self, rel: &str) -> String {
+        join_url(&self.url, rel)
+    }
+
+    /// A store rooted at a sub-folder of this one.
+    pub fn child(&self, rel: &str) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            prefix: self.path(rel),
+            url: self.url_of(rel).trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The underlying object store and the absolute path of `rel`, for readers that take both.
+    pub fn object(&self, rel: &str) -> (Arc<dyn ObjectStore>, Path) {
+        (self.inner.clone(), self.path(rel))
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    fn rel_of(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        let pre = self.prefix.as_ref();
+        if pre.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(pre)
+                .map(|s| s.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| full.to_string())
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, rel: &str) -> Result<Bytes> {
+        let path = self.path(rel);
+        let res = self.inner.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                Error::Data(format!("{} does not exist", self.url_of(rel)))
+            }
+            e => Error::Storage(format!("cannot read {}: {e}", self.url_of(rel))),
+        })?;
+        res.bytes()
+            .await
+            .map_err(|e| Error::Storage(format!("cannot read {}: {e}", self.url_of(rel))))
+    }
+
+    /// Reads an object, or `None` when it does not exist.
+    pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
+        match self.inner.get(&self.path(rel)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| {
+                Error::Storage(format!("cannot read {}: {e}", self.url_of(rel)))
+            })?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Storage(format!(
+                "cannot read {}: {e}",
+                self.url_of(rel)
+            ))),
+        }
+    }
+
+    /// Writes a whole object atomically: readers see the old object or the new one, never a part.
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        self.inner
+            .put(&self.path(rel), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| Error::Storage(format!("cannot write {}: {e}", self.url_of(rel))))?;
+        Ok(())
+    }
+
+    /// Writes a value as pretty JSON.
+    pub async fn put_json<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<()> {
+        let mut v = serde_json::to_vec_pretty(value)?;
+        v.push(b'\n');
+        self.put(rel, Bytes::from(v)).await
+    }
+
+    /// Reads a JSON object, or `None` when it does not exist.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        match self.get_opt(rel).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::Data(format!(
+                    "{} is not valid: {e}; delete it or restore it from a backup",
+                    self.url_of(rel)
+                ))
+            }),
+        }
+    }
+
+    /// Metadata of one object, or `None` when it does not exist.
+    pub async fn head(&self, rel: &str) -> Result<Option<ObjectInfo>> {
+        match self.inner.head(&self.path(rel)).await {
+            Ok(m) => Ok(Some(self.info(&m))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Storage(format!(
+                "cannot read {}: {e}",
+                self.url_of(rel)
+            ))),
+        }
+    }
+
+    /// Every object under a relative prefix (recursively), sorted by path.
+    pub async fn list(&self, rel_prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let prefix = self.path(rel_prefix);
+        let metas: Vec<ObjectMeta> = self
+            .inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage(format!("cannot list {}: {e}", self.url_of(rel_prefix))))?;
+        let mut out: Vec<ObjectInfo> = metas.iter().map(|m| self.info(m)).collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        match self.inner.delete(&self.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Storage(format!(
+                "cannot delete {}: {e}",
+                self.url_of(rel)
+            ))),
+        }
+    }
+
+    fn info(&self, m: &ObjectMeta) -> ObjectInfo {
+        ObjectInfo {
+            path: self.rel_of(&m.location),
+            size: m.size,
+            e_tag: m.e_tag.clone(),
+            last_modified: m.last_modified.to_rfc3339(),
+        }
+    }
+}
+
+/// Storage options for remote schemes, from the standard environment variables.
+pub(crate) fn env_options(scheme: &str) -> Vec<(String, String)> {
+    let mut opts = Vec::new();
+    if scheme == "s3" || scheme == "s3a" {
+        for (k, v) in std::env::vars() {
+            if let Some(key) = k.strip_prefix("AWS_") {
+                opts.push((format!("aws_{}", key.to_ascii_lowercase()), v));
+            }
+        }
+    }
+    opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_roundtrip_and_list() {
+        let s = Store::open("memory://unit-roundtrip/root").unwrap();
+        s.put("a/x.json", Bytes::from_static(b"{}")).await.unwrap();
+        s.put("a/b/y.bin", Bytes::from_static(b"12")).await.unwrap();
+        let l = s.list("a").await.unwrap();
+        let paths: Vec<_> = l.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(paths, ["a/b/y.bin", "a/x.json"]);
+        assert_eq!(s.get("a/b/y.bin").await.unwrap().as_ref(), b"12");
+        assert!(s.get_opt("missing").await.unwrap().is_none());
+        // The same name opens the same store.
+        let again = Store::open("memory://unit-roundtrip/root").unwrap();
+        assert!(again.head("a/x.json").await.unwrap().is_some());
+        assert!(matches!(s.get("nope").await, Err(Error::Data(_))));
+    }
+
+    #[tokio::test]
+    async fn file_store_relative_paths_and_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let c = s.child("runs/r1");
+        c.put("m.json", Bytes::from_static(b"1")).await.unwrap();
+        assert!(dir.path().join("runs/r1/m.json").exists());
+        assert_eq!(s.list("runs").await.unwrap()[0].path, "runs/r1/m.json");
+        assert!(c.url().ends_with("/runs/r1"));
+    }
+
+    #[test]
+    fn join_url_keeps_one_slash() {
+        assert_eq!(join_url("s3://b/p/", "/x/y"), "s3://b/p/x/y");
+        assert_eq!(join_url("file:///a", ""), "file:///a");
+    }
+}
