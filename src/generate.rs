@@ -642,6 +642,8 @@ async fn write(
 /// What `generate` wrote.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// Where the files went (not written to truth.json, which must not depend on the location).
+    #[serde(skip)]
     pub out: String,
     pub seed: u64,
     pub as_of: String,

@@ -99,7 +99,7 @@ pub struct DatasetReport {
     pub rejected_rows: u64,
     pub status: Status,
     /// Check name → result, in the order of SPEC §6.
-    pub checks: BTreeMap<String, CheckResult>,
+    pub checks: indexmap::IndexMap<String, CheckResult>,
 }
 
 /// The report plus the row split.
@@ -161,7 +161,7 @@ pub fn check(ds: &Dataset, table: &Table, q: &Quality, as_of: DateTime<Utc>) -> 
     // Duplicates: a repeated key, or an identical row when there is no key.
     let (dup_keys, dup_rows) = duplicates(ds, batch, &mut rejected);
 
-    let mut checks = BTreeMap::new();
+    let mut checks = indexmap::IndexMap::new();
     if q.null_rate.enabled {
         let total: u64 = null_counts.iter().map(|(_, n)| n).sum();
         let cells = (rows * ds.columns.len()).max(1) as f64;

@@ -1,1 +1,9 @@
+//! Integration tests: one binary (see GUIDE.md). Each module drives the real `mlpipe` binary in
+//! a temporary folder holding a copy of the default pipeline, or the library directly.
 
+mod common;
+mod formats;
+mod generate;
+mod pipeline_file;
+mod quality;
+mod run;

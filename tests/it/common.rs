@@ -1,0 +1,147 @@
+//! A temporary project folder with the default pipeline, and helpers to run `mlpipe` in it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mlpipe");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// A pinned "now", so outputs do not depend on the clock.
+pub const AS_OF: &str = "2026-11-20T12:00:00Z";
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A folder with `pipelines/engagement.toml` and, if `with_data`, the shipped `data/`.
+    pub fn new(with_data: bool) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(
+            &Path::new(REPO).join("pipelines"),
+            &dir.path().join("pipelines"),
+        );
+        if with_data {
+            copy_dir(&Path::new(REPO).join("data"), &dir.path().join("data"));
+        }
+        Project { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs `mlpipe ARGS` in the project folder (pretty logs, no terminal).
+    pub fn mlpipe(&self, args: &[&str]) -> Output {
+        self.mlpipe_env(args, &[])
+    }
+
+    pub fn mlpipe_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("MLPIPE_FAULTS")
+            .env_remove("MLPIPE_DATA")
+            .env_remove("MLPIPE_ARTIFACTS");
+        if !args.contains(&"--log-format") {
+            c.args(["--log-format", "pretty"]);
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// Runs and asserts the exit code, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.mlpipe(args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "mlpipe {args:?} failed:\n{}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    pub fn manifest(&self, run_id: &str) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.path(&format!("runs/{run_id}/manifest.json"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn latest(&self) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.path("runs/LATEST")).unwrap())
+                .unwrap();
+        v["run_id"].as_str().unwrap().to_string()
+    }
+
+    /// (name, sha256) of a stage's outputs in a run's manifest.
+    pub fn outputs(&self, run_id: &str, stage: &str) -> Vec<(String, String)> {
+        let m = self.manifest(run_id);
+        let mut v: Vec<(String, String)> = m["stages"][stage]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap().to_string(),
+                    o["sha256"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Reads a whole Parquet file into one record batch.
+pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
+    let f = std::fs::File::open(path).unwrap();
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Every `*.parquet` file under a folder, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

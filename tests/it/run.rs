@@ -1,0 +1,320 @@
+//! `mlpipe run` on the shipped fixtures: summary, reuse, --force, resume after a failure and
+//! after a crash, retries, timeouts, partial runs.
+
+use crate::common::*;
+
+#[test]
+fn readme_run_command_completes_then_reuses_then_force_recomputes() {
+    let p = Project::new(true);
+    let out = p.ok(&["run"]);
+    assert!(out.contains("of pipeline `engagement` succeeded"), "{out}");
+    assert!(
+        out.contains("load") && out.contains("validate") && out.contains("Quality"),
+        "{out}"
+    );
+    assert!(out.contains("customers    20,000 rows"), "{out}");
+    let first = p.latest();
+    let m = p.manifest(&first);
+    assert_eq!(m["status"], "succeeded");
+    for s in ["load", "validate"] {
+        assert_eq!(m["stages"][s]["status"], "succeeded");
+    }
+    assert!(p
+        .path(&format!("runs/{first}/validate/customers/clean.parquet"))
+        .exists());
+    assert!(p
+        .path(&format!("runs/{first}/validate/customers/rejected.parquet"))
+        .exists());
+    assert!(
+        m["inputs"]["customers"]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+
+    // Unchanged inputs, configuration and code: every stage is reused.
+    let out = p.ok(&["run"]);
+    assert!(out.matches("reused").count() >= 2, "{out}");
+    let second = p.latest();
+    assert_ne!(first, second);
+    let m2 = p.manifest(&second);
+    for s in ["load", "validate"] {
+        assert_eq!(m2["stages"][s]["status"], "reused");
+        assert_eq!(m2["stages"][s]["reused_from"], first.as_str());
+    }
+
+    // --force recomputes, with identical outputs.
+    p.ok(&["run", "--force"]);
+    let third = p.latest();
+    let m3 = p.manifest(&third);
+    for s in ["load", "validate"] {
+        assert_eq!(m3["stages"][s]["status"], "succeeded");
+        assert_eq!(
+            m3["stages"][s]["fingerprint"],
+            m["stages"][s]["fingerprint"]
+        );
+    }
+}
+
+#[test]
+fn changed_configuration_reruns_only_what_depends_on_it() {
+    let p = Project::new(true);
+    p.ok(&["run", "--as-of", AS_OF]);
+    p.ok(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--set",
+        "quality.duplicates.fail=50",
+    ]);
+    let m = p.manifest(&p.latest());
+    assert_eq!(m["stages"]["load"]["status"], "reused");
+    assert_eq!(m["stages"]["validate"]["status"], "succeeded");
+}
+
+#[test]
+fn failed_stage_resumes_from_the_first_incomplete_stage_with_identical_outputs() {
+    // Reference: an uninterrupted run, in another folder so nothing can be reused from it.
+    let reference = Project::new(true);
+    reference.ok(&["run", "--as-of", AS_OF, "--run-id", "reference"]);
+    let p = Project::new(true);
+
+    // The validate stage fails (after writing a first output), with no retry left.
+    let o = p.mlpipe_env(
+        &[
+            "run",
+            "--as-of",
+            AS_OF,
+            "--run-id",
+            "r1",
+            "--set",
+            "stages.validate.retries=0",
+        ],
+        &[("MLPIPE_FAULTS", "validate=fail")],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stage `validate`"), "{}", stderr(&o));
+    let m = p.manifest("r1");
+    assert_eq!(m["status"], "failed");
+    assert_eq!(m["stages"]["load"]["status"], "succeeded");
+    assert_eq!(m["stages"]["validate"]["status"], "failed");
+    let load_started = m["stages"]["load"]["started_at"].clone();
+
+    // Same run id, fault gone: load is not run again, validate is, outputs match the reference.
+    let out = p.ok(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "r1",
+        "--set",
+        "stages.validate.retries=0",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let m = p.manifest("r1");
+    assert_eq!(m["invocations"], 2);
+    assert_eq!(m["stages"]["validate"]["attempts"], 2);
+    assert_eq!(m["stages"]["load"]["attempts"], 1);
+    assert_eq!(m["stages"]["load"]["started_at"], load_started);
+    assert_eq!(
+        p.outputs("r1", "validate"),
+        reference.outputs("reference", "validate")
+    );
+}
+
+#[test]
+fn killed_process_resumes_with_identical_outputs() {
+    let reference = Project::new(true);
+    reference.ok(&["run", "--as-of", AS_OF, "--run-id", "reference"]);
+    let p = Project::new(true);
+    let o = p.mlpipe_env(
+        &["run", "--as-of", AS_OF, "--run-id", "k1"],
+        &[("MLPIPE_FAULTS", "validate=crash")],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    // The crash left the stage marked running, with an output written but not committed.
+    let m = p.manifest("k1");
+    assert_eq!(m["stages"]["validate"]["status"], "running");
+    assert!(m["stages"]["validate"]["outputs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A later run does not trust it: nothing was cached for validate.
+    assert!(!p.path("runs/_cache/validate").exists());
+
+    let out = p.ok(&["run", "--as-of", AS_OF, "--run-id", "k1"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let m = p.manifest("k1");
+    assert_eq!(m["stages"]["load"]["attempts"], 1);
+    assert_eq!(m["stages"]["validate"]["status"], "succeeded");
+    assert_eq!(
+        p.outputs("k1", "validate"),
+        reference.outputs("reference", "validate")
+    );
+}
+
+#[test]
+fn resume_without_force_reuses_the_identical_result_of_another_run() {
+    let p = Project::new(true);
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "a"]);
+    let o = p.mlpipe_env(
+        &[
+            "run",
+            "--as-of",
+            AS_OF,
+            "--run-id",
+            "b",
+            "--force",
+            "--set",
+            "stages.validate.retries=0",
+        ],
+        &[("MLPIPE_FAULTS", "validate=fail")],
+    );
+    assert_eq!(o.status.code(), Some(4));
+    p.ok(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "b",
+        "--set",
+        "stages.validate.retries=0",
+    ]);
+    let m = p.manifest("b");
+    assert_eq!(m["status"], "succeeded");
+    assert_eq!(m["stages"]["validate"]["status"], "reused");
+    assert_eq!(m["stages"]["validate"]["reused_from"], "a");
+}
+
+#[test]
+fn a_transient_failure_is_retried() {
+    let p = Project::new(true);
+    let o = p.mlpipe_env(
+        &[
+            "run",
+            "--as-of",
+            AS_OF,
+            "--run-id",
+            "retry",
+            "--set",
+            "stages.validate.retry_backoff=\"10ms\"",
+        ],
+        &[("MLPIPE_FAULTS", "validate=fail_once")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = p.manifest("retry");
+    assert_eq!(m["stages"]["validate"]["attempts"], 2);
+    assert_eq!(m["stages"]["validate"]["status"], "succeeded");
+}
+
+#[test]
+fn a_hanging_stage_times_out() {
+    let p = Project::new(true);
+    let o = p.mlpipe_env(
+        &[
+            "run",
+            "--run-id",
+            "slow",
+            "--set",
+            "stages.validate.timeout=\"300ms\"",
+            "--set",
+            "stages.validate.retries=0",
+        ],
+        &[("MLPIPE_FAULTS", "validate=hang")],
+    );
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    assert_eq!(p.manifest("slow")["stages"]["validate"]["status"], "failed");
+}
+
+#[test]
+fn single_stage_takes_upstream_outputs_from_the_named_run() {
+    let p = Project::new(true);
+    p.ok(&["run", "--as-of", AS_OF, "--to", "load", "--run-id", "base"]);
+    let m = p.manifest("base");
+    assert_eq!(m["stages"]["validate"]["status"], "not_selected");
+    p.ok(&[
+        "run", "--as-of", AS_OF, "--stage", "validate", "--run-id", "base",
+    ]);
+    let m = p.manifest("base");
+    assert_eq!(m["stages"]["load"]["attempts"], 1);
+    assert_eq!(m["stages"]["validate"]["status"], "succeeded");
+    // From another run: the upstream record is copied with its origin.
+    p.ok(&["run", "--as-of", AS_OF, "--stage", "validate", "--force"]);
+    let m = p.manifest(&p.latest());
+    assert_eq!(m["stages"]["load"]["status"], "reused");
+    assert_eq!(m["stages"]["load"]["reused_from"], "base");
+}
+
+#[test]
+fn a_missing_upstream_output_names_the_stage_that_makes_it() {
+    let p = Project::new(true);
+    let o = p.mlpipe(&["run", "--stage", "validate"]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = stderr(&o);
+    assert!(e.contains("`load`") && e.contains("--stage load"), "{e}");
+    p.ok(&["run", "--to", "load", "--run-id", "onlyload"]);
+    let o = p.mlpipe(&["run", "--stage", "validate", "--run-id", "other-run"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the latest run has load: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn input_override_reads_another_location() {
+    let p = Project::new(true);
+    std::fs::rename(p.path("data/current"), p.path("elsewhere")).unwrap();
+    let o = p.mlpipe(&["run"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("dataset `current`"), "{}", stderr(&o));
+    let elsewhere = p.path("elsewhere");
+    p.ok(&[
+        "run",
+        "--input",
+        &format!("current={}", elsewhere.display()),
+    ]);
+    let m = p.manifest(&p.latest());
+    assert!(
+        m["inputs"]["current"]["url"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .ends_with("/elsewhere"),
+        "{}",
+        m["inputs"]
+    );
+}
+
+#[test]
+fn unknown_stage_and_bad_run_id_are_usage_errors() {
+    let p = Project::new(true);
+    let o = p.mlpipe(&["run", "--stage", "trian"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no such stage"), "{}", stderr(&o));
+    let o = p.mlpipe(&["run", "--run-id", "../escape"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn json_logs_are_json_lines() {
+    let p = Project::new(true);
+    let o = p.mlpipe(&["run", "--log-format", "json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let mut n = 0;
+    for line in out.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        n += 1;
+    }
+    assert!(n >= 4, "{out}");
+    assert!(out.contains("\"run summary\""), "{out}");
+}
