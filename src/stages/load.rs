@@ -7,11 +7,12 @@ use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 
 pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
+    // Datasets are independent: read them concurrently, then report in declaration order.
+    let tables = super::dataset_tables(ctx, datasets).await?;
     let mut report = serde_json::Map::new();
     let mut inputs = serde_json::Map::new();
     let mut rows = serde_json::Map::new();
-    for name in datasets {
-        let table = super::dataset_table(ctx, name, None).await?;
+    for (name, table) in datasets.iter().zip(tables) {
         let located = match ctx.shared.located.get(name) {
             Some(l) => l.clone(),
             None => {

@@ -77,7 +77,47 @@ pub async fn dataset_table(
     name: &str,
     expected_fingerprint: Option<&str>,
 ) -> Result<Arc<Table>> {
-    let shared = &ctx.shared;
+    read_dataset(
+        ctx.shared.clone(),
+        ctx.progress.clone(),
+        name.to_string(),
+        expected_fingerprint.map(String::from),
+    )
+    .await
+}
+
+/// Reads several datasets in parallel (one task each, so decoding uses every core).
+pub async fn dataset_tables(ctx: &StageCtx, names: &[String]) -> Result<Vec<Arc<Table>>> {
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            tokio::spawn(read_dataset(
+                ctx.shared.clone(),
+                ctx.progress.clone(),
+                n.clone(),
+                None,
+            ))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(
+            t.await
+                .map_err(|e| crate::error::Error::Infra(format!("a reader task failed: {e}")))??,
+        );
+    }
+    Ok(out)
+}
+
+async fn read_dataset(
+    shared: Arc<crate::engine::context::Shared>,
+    progress: indicatif::ProgressBar,
+    name: String,
+    expected_fingerprint: Option<String>,
+) -> Result<Arc<Table>> {
+    let name = name.as_str();
+    let expected_fingerprint = expected_fingerprint.as_deref();
+    let shared = &shared;
     let ds = &shared.pipeline.datasets[name];
     let located = match shared.located.get(name) {
         Some(l) => l.clone(),
@@ -96,8 +136,7 @@ pub async fn dataset_table(
     if let Some(t) = shared.datasets.lock().unwrap().get(&key) {
         return Ok(t.clone());
     }
-    ctx.progress
-        .set_message(format!("reading {name} ({} files)", located.files.len()));
+    progress.set_message(format!("reading {name} ({} files)", located.files.len()));
     let t = Arc::new(crate::data::reader::read_dataset(ds, &located, None).await?);
     shared.datasets.lock().unwrap().insert(key, t.clone());
     Ok(t)

@@ -16,123 +16,26 @@ use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::quality::{self, Status};
 
+/// What checking one dataset produced.
+struct Checked {
+    name: String,
+    report: quality::DatasetReport,
+    stops: Vec<String>,
+    valid_until: Option<DateTime<Utc>>,
+}
+
 pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
-    let p = ctx.pipeline();
+    // Datasets are independent: check and write them concurrently.
+    let checked =
+        futures::future::try_join_all(datasets.iter().map(|name| check_one(ctx, name))).await?;
     let mut reports = serde_json::Map::new();
     let mut summary = serde_json::Map::new();
     let mut stops = Vec::new();
     let mut valid_until: Option<DateTime<Utc>> = None;
-    for name in datasets {
-        let expected = ctx.upstream.values().find_map(|r| {
-            r.summary
-                .get("inputs")?
-                .get(name)?
-                .get("fingerprint")?
-                .as_str()
-                .map(String::from)
-        });
-        let table = super::dataset_table(ctx, name, expected.as_deref()).await?;
-        ctx.progress
-            .set_message(format!("checking {name} ({} rows)", table.num_rows()));
-        let ds = p.datasets[name].clone();
-        let q = p.quality.clone();
-        let as_of = ctx.shared.as_of;
-        let t = table.clone();
-        let outcome = tokio::task::spawn_blocking(move || quality::check(&ds, &t, &q, as_of))
-            .await
-            .map_err(|e| {
-                Error::Infra(format!("stage `{}`: checks panicked: {e}", ctx.stage.name))
-            })?;
-        let report = &outcome.report;
-        for (check, r) in &report.checks {
-            let worst = r
-                .worst
-                .iter()
-                .map(|(c, v)| format!("{c} {}", fmt_value(check, *v)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            match r.status {
-                Status::Pass => {
-                    tracing::info!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "pass", "quality check")
-                }
-                Status::Warn => {
-                    tracing::warn!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "warn", worst = %worst, "quality check")
-                }
-                Status::Fail => {
-                    tracing::error!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "fail", worst = %worst, on_fail = %r.on_fail, "quality check")
-                }
-            }
-            if r.stops() {
-                stops.push(format!(
-                    "dataset `{name}`: {check} is {} (fail above {}){}; fix the data, or set quality.{check}.on_fail = \"continue\" to go on with the clean rows",
-                    fmt_value(check, r.value),
-                    fmt_value(check, r.fail),
-                    if worst.is_empty() { String::new() } else { format!(" — worst: {worst}") }
-                ));
-            }
-        }
-        // Freshness measured on the clock changes status when the data ages past a threshold.
-        if !ctx.shared.as_of_pinned {
-            if let Some(f) = report.checks.get("freshness") {
-                let hours_left = match f.status {
-                    Status::Pass => Some(f.warn - f.value),
-                    Status::Warn => Some(f.fail - f.value),
-                    Status::Fail => None,
-                };
-                if let Some(h) = hours_left {
-                    let until = Utc::now() + Duration::milliseconds((h.max(0.0) * 3.6e6) as i64);
-                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
-                }
-            }
-        }
-
-        // The clean rows and the QA table.
-        let batch = &table.batch;
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|r| Some(!outcome.rejected.contains_key(&(r as u32))))
-            .collect();
-        let clean =
-            filter_record_batch(batch, &keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
-        let reject_mask =
-            arrow::compute::not(&keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
-        let mut rejected = filter_record_batch(batch, &reject_mask)
-            .map_err(|e| Error::Infra(format!("filter: {e}")))?;
-        let rows: UInt64Array = outcome.rejected.keys().map(|&r| r as u64).collect();
-        let reasons: StringArray = outcome
-            .rejected
-            .values()
-            .map(|v| Some(v.join(",")))
-            .collect();
-        let mut fields: Vec<Field> = rejected
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("_row", DataType::UInt64, false));
-        fields.push(Field::new("_reasons", DataType::Utf8, false));
-        let mut cols: Vec<ArrayRef> = rejected.columns().to_vec();
-        cols.push(Arc::new(rows));
-        cols.push(Arc::new(reasons));
-        rejected = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-            .map_err(|e| Error::Infra(format!("QA table: {e}")))?;
-        ctx.progress.set_message(format!("writing {name}"));
-        ctx.write_table(
-            &format!("{name}.rejected"),
-            &format!("{name}/rejected.parquet"),
-            rejected,
-        )
-        .await?;
-        if stops.is_empty() {
-            ctx.write_table(
-                &format!("{name}.clean"),
-                &format!("{name}/clean.parquet"),
-                clean,
-            )
-            .await?;
-        }
+    for c in checked {
+        let report = &c.report;
         summary.insert(
-            name.clone(),
+            c.name.clone(),
             serde_json::json!({
                 "rows": report.rows,
                 "clean_rows": report.clean_rows,
@@ -141,7 +44,12 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
                 "checks": report.checks.iter().map(|(k, v)| (k.clone(), serde_json::json!({"value": v.value, "status": v.status, "on_fail": v.on_fail}))).collect::<serde_json::Map<_,_>>(),
             }),
         );
-        reports.insert(name.clone(), serde_json::to_value(report)?);
+        reports.insert(c.name.clone(), serde_json::to_value(report)?);
+        stops.extend(c.stops);
+        valid_until = match (valid_until, c.valid_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     let doc = serde_json::json!({
         "as_of": ctx.shared.as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -153,6 +61,122 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
     }
     Ok(StageDone {
         summary: summary.into(),
+        valid_until,
+    })
+}
+
+async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
+    let p = ctx.pipeline();
+    let mut stops = Vec::new();
+    let mut valid_until = None;
+    let expected = ctx.upstream.values().find_map(|r| {
+        r.summary
+            .get("inputs")?
+            .get(name)?
+            .get("fingerprint")?
+            .as_str()
+            .map(String::from)
+    });
+    let table = super::dataset_table(ctx, name, expected.as_deref()).await?;
+    ctx.progress
+        .set_message(format!("checking {name} ({} rows)", table.num_rows()));
+    let ds = p.datasets[name].clone();
+    let q = p.quality.clone();
+    let as_of = ctx.shared.as_of;
+    let t = table.clone();
+    let outcome = tokio::task::spawn_blocking(move || quality::check(&ds, &t, &q, as_of))
+        .await
+        .map_err(|e| Error::Infra(format!("stage `{}`: checks panicked: {e}", ctx.stage.name)))?;
+    let report = outcome.report;
+    for (check, r) in &report.checks {
+        let worst = r
+            .worst
+            .iter()
+            .map(|(c, v)| format!("{c} {}", fmt_value(check, *v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match r.status {
+            Status::Pass => {
+                tracing::info!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "pass", "quality check")
+            }
+            Status::Warn => {
+                tracing::warn!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "warn", worst = %worst, "quality check")
+            }
+            Status::Fail => {
+                tracing::error!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "fail", worst = %worst, on_fail = %r.on_fail, "quality check")
+            }
+        }
+        if r.stops() {
+            stops.push(format!(
+                "dataset `{name}`: {check} is {} (fail above {}){}; fix the data, or set quality.{check}.on_fail = \"continue\" to go on with the clean rows",
+                fmt_value(check, r.value),
+                fmt_value(check, r.fail),
+                if worst.is_empty() { String::new() } else { format!(" — worst: {worst}") }
+            ));
+        }
+    }
+    // Freshness measured on the clock changes status when the data ages past a threshold.
+    if !ctx.shared.as_of_pinned {
+        if let Some(f) = report.checks.get("freshness") {
+            let hours_left = match f.status {
+                Status::Pass => Some(f.warn - f.value),
+                Status::Warn => Some(f.fail - f.value),
+                Status::Fail => None,
+            };
+            valid_until = hours_left
+                .map(|h| Utc::now() + Duration::milliseconds((h.max(0.0) * 3.6e6) as i64));
+        }
+    }
+
+    // The clean rows and the QA table.
+    let batch = &table.batch;
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|r| Some(!outcome.rejected.contains_key(&(r as u32))))
+        .collect();
+    let reject_mask =
+        arrow::compute::not(&keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
+    let rejected = filter_record_batch(batch, &reject_mask)
+        .map_err(|e| Error::Infra(format!("filter: {e}")))?;
+    let rows: UInt64Array = outcome.rejected.keys().map(|&r| r as u64).collect();
+    let reasons: StringArray = outcome
+        .rejected
+        .values()
+        .map(|v| Some(v.join(",")))
+        .collect();
+    let mut fields: Vec<Field> = rejected
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("_row", DataType::UInt64, false));
+    fields.push(Field::new("_reasons", DataType::Utf8, false));
+    let mut cols: Vec<ArrayRef> = rejected.columns().to_vec();
+    cols.push(Arc::new(rows));
+    cols.push(Arc::new(reasons));
+    let rejected = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Error::Infra(format!("QA table: {e}")))?;
+    ctx.progress.set_message(format!("writing {name}"));
+    ctx.write_table(
+        &format!("{name}.rejected"),
+        &format!("{name}/rejected.parquet"),
+        rejected,
+    )
+    .await?;
+    if stops.is_empty() {
+        let clean =
+            filter_record_batch(batch, &keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
+        ctx.write_table(
+            &format!("{name}.clean"),
+            &format!("{name}/clean.parquet"),
+            clean,
+        )
+        .await?;
+    }
+    Ok(Checked {
+        name: name.clone(),
+        report,
+        stops,
         valid_until,
     })
 }
