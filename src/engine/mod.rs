@@ -701,7 +701,12 @@ async fn run_stage(
                     })
                     .await?;
                 tracing::error!(stage = %name, attempt = total, error = %msg, "stage failed");
-                return Err(e.context(format!("stage `{name}`")));
+                let named = format!("stage `{name}`");
+                return Err(if msg.starts_with(&named) {
+                    e
+                } else {
+                    e.context(named)
+                });
             }
         }
     }

@@ -318,3 +318,53 @@ fn json_logs_are_json_lines() {
     assert!(n >= 4, "{out}");
     assert!(out.contains("\"run summary\""), "{out}");
 }
+
+/// The engine through the library, with artifacts in a `memory://` store: nothing touches disk
+/// but the input files.
+#[tokio::test]
+async fn memory_store_runs_the_pipeline_in_process() {
+    use mlpipe::config::{compile_file, Overrides};
+    use mlpipe::engine::{self, manifest::StageStatus, RunOptions};
+    use mlpipe::storage::Store;
+    let data = format!("{REPO}/data");
+    let ov = Overrides {
+        set: vec![
+            ("storage.data".into(), format!("\"{data}\"")),
+            (
+                "storage.artifacts".into(),
+                "\"memory://it-memory/runs\"".into(),
+            ),
+        ],
+        as_of: Some(AS_OF.into()),
+        ..Default::default()
+    };
+    let p = std::sync::Arc::new(
+        compile_file(&format!("{REPO}/pipelines/engagement.toml"), &ov).unwrap(),
+    );
+    let opts = RunOptions {
+        run_id: Some("mem".into()),
+        ..Default::default()
+    };
+    let plan = engine::plan(&p, &opts).await.unwrap();
+    let out = engine::execute(p.clone(), plan, &opts).await.unwrap();
+    assert!(out.error.is_none());
+    assert!(out
+        .manifest
+        .stages
+        .values()
+        .all(|r| r.status == StageStatus::Succeeded));
+    let store = Store::open("memory://it-memory/runs").unwrap();
+    let q: serde_json::Value = store
+        .get_json("mem/validate/quality.json")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q["datasets"]["customers"]["rows"], 20000);
+    assert!(store.head("mem/manifest.json").await.unwrap().is_some());
+    // A second plan in the same process sees the first run's results.
+    let again = engine::plan(&p, &RunOptions::default()).await.unwrap();
+    assert!(again
+        .stages
+        .iter()
+        .all(|s| matches!(s.action, engine::Action::Reuse { .. })));
+}
