@@ -1,4 +1,8 @@
-//! Small statistics helpers shared by the checks and the generator.
+//! Statistics: quantiles and fences shared by the checks and the generator, and the two-sample
+//! Kolmogorov–Smirnov test of the drift stage ([`ks`], with the distributions in [`kolmogorov`]).
+
+pub mod kolmogorov;
+pub mod ks;
 
 /// The `q` quantile of `values` with linear interpolation between order statistics, as
 /// `numpy.quantile` (method `linear`) and `pandas.Series.quantile` compute it. Reorders `values`.
