@@ -1,0 +1,137 @@
+//! Group fairness (SPEC §8), with fairlearn's definitions: per-group size and selection rate,
+//! the demographic parity ratio (smallest selection rate ÷ largest) and the equal-opportunity
+//! ratio (smallest true-positive rate ÷ largest). Groups below a minimum size are reported but
+//! left out of the ratios; a bootstrap gives a confidence interval for each ratio.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Figures of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub size: u64,
+    pub selected: u64,
+    pub selection_rate: f64,
+    /// Positives in the truth, and the true-positive rate (0 when there are none, as fairlearn).
+    pub positives: u64,
+    pub true_positive_rate: f64,
+    /// Whether the group is large enough to count in the ratios.
+    pub counted: bool,
+}
+
+/// Per-group figures, by group label.
+pub fn groups(
+    labels: &[&str],
+    selected: &[bool],
+    truth: Option<&[bool]>,
+    min_size: u64,
+) -> BTreeMap<String, Group> {
+    let mut acc: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+    for (i, (&g, &s)) in labels.iter().zip(selected).enumerate() {
+        let e = acc.entry(g).or_default();
+        e.0 += 1;
+        e.1 += u64::from(s);
+        if let Some(t) = truth {
+            if t[i] {
+                e.2 += 1;
+                e.3 += u64::from(s);
+            }
+        }
+    }
+    acc.into_iter()
+        .map(|(g, (size, sel, pos, tp))| {
+            (
+                g.to_string(),
+                Group {
+                    size,
+                    selected: sel,
+                    selection_rate: sel as f64 / size as f64,
+                    positives: pos,
+                    true_positive_rate: if pos == 0 {
+                        0.0
+                    } else {
+                        tp as f64 / pos as f64
+                    },
+                    counted: size >= min_size,
+                },
+            )
+        })
+        .collect()
+}
+
+/// min ÷ max of a per-group value over the counted groups (NaN when none is counted or the
+/// largest is 0, as fairlearn's `ratio(method="between_groups")`).
+fn ratio(groups: &BTreeMap<String, Group>, value: impl Fn(&Group) -> f64) -> f64 {
+    let vals: Vec<f64> = groups.values().filter(|g| g.counted).map(value).collect();
+    if vals.is_empty() {
+        return f64::NAN;
+    }
+    let min = vals.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    min / max
+}
+
+/// fairlearn's `demographic_parity_ratio`.
+pub fn demographic_parity_ratio(groups: &BTreeMap<String, Group>) -> f64 {
+    ratio(groups, |g| g.selection_rate)
+}
+
+/// fairlearn's `equal_opportunity_ratio`.
+pub fn equal_opportunity_ratio(groups: &BTreeMap<String, Group>) -> f64 {
+    ratio(groups, |g| g.true_positive_rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected values: scripts/reference/metrics_fairness.py (fairlearn 0.15.0).
+    const YB: [bool; 14] = [
+        true, false, true, true, false, false, true, false, true, false, false, true, true, false,
+    ];
+    const S: [f64; 14] = [
+        0.9, 0.1, 0.8, 0.4, 0.4, 0.35, 0.8, 0.0, 1.0, 0.6, 0.2, 0.55, 0.4, 0.8,
+    ];
+    const G: [&str; 14] = [
+        "a", "a", "b", "b", "b", "c", "c", "c", "c", "a", "b", "c", "a", "b",
+    ];
+
+    fn decisions() -> Vec<bool> {
+        S.iter().map(|&s| s >= 0.5).collect()
+    }
+
+    #[test]
+    fn ratios_match_fairlearn() {
+        let d = decisions();
+        let g = groups(&G, &d, Some(&YB), 0);
+        assert_eq!(g["a"].selection_rate, 0.5);
+        assert_eq!(g["b"].selection_rate, 0.4);
+        assert_eq!(g["c"].selection_rate, 0.6);
+        assert!((demographic_parity_ratio(&g) - 0.6666666666666667).abs() < 1e-12);
+        assert!((equal_opportunity_ratio(&g) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_group_never_selected_gives_zero() {
+        let d: Vec<bool> = decisions()
+            .iter()
+            .zip(G)
+            .map(|(&d, g)| d && g != "c")
+            .collect();
+        assert_eq!(demographic_parity_ratio(&groups(&G, &d, None, 0)), 0.0);
+        // A group with no positives has a TPR of 0.
+        let y: Vec<bool> = YB.iter().zip(G).map(|(&y, g)| y && g != "a").collect();
+        assert_eq!(
+            equal_opportunity_ratio(&groups(&G, &decisions(), Some(&y), 0)),
+            0.0
+        );
+    }
+
+    #[test]
+    fn small_groups_are_reported_but_not_counted() {
+        let g = groups(&G, &decisions(), None, 5);
+        assert!(!g["a"].counted && g["b"].counted && g["c"].counted);
+        assert!((demographic_parity_ratio(&g) - 0.4 / 0.6).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,235 @@
+//! Model metrics, with scikit-learn's definitions (SPEC §7). Pure functions over slices; an
+//! error for inputs that leave a metric undefined.
+
+/// Why a metric cannot be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricError {
+    #[error("the truth has {0} values and the predictions {1}")]
+    LengthMismatch(usize, usize),
+    #[error("no values to measure")]
+    Empty,
+    #[error("the truth has only one class; AUC is undefined")]
+    SingleClass,
+}
+
+type R = Result<f64, MetricError>;
+
+fn check(a: usize, b: usize) -> Result<(), MetricError> {
+    if a != b {
+        Err(MetricError::LengthMismatch(a, b))
+    } else if a == 0 {
+        Err(MetricError::Empty)
+    } else {
+        Ok(())
+    }
+}
+
+/// Compensated (Neumaier) sum, so long sums agree with numpy's pairwise sums to ~1 ulp.
+fn sum(it: impl Iterator<Item = f64>) -> f64 {
+    let (mut s, mut c) = (0.0f64, 0.0f64);
+    for x in it {
+        let t = s + x;
+        c += if s.abs() >= x.abs() {
+            (s - t) + x
+        } else {
+            (x - t) + s
+        };
+        s = t;
+    }
+    s + c
+}
+
+/// `sklearn.metrics.r2_score`: 1 − SS_res/SS_tot (1 for a perfect fit of a constant, else 0).
+pub fn r2(y: &[f64], p: &[f64]) -> R {
+    check(y.len(), p.len())?;
+    let mean = sum(y.iter().copied()) / y.len() as f64;
+    let ss_res = sum(y.iter().zip(p).map(|(a, b)| (a - b) * (a - b)));
+    let ss_tot = sum(y.iter().map(|a| (a - mean) * (a - mean)));
+    Ok(if ss_tot == 0.0 {
+        if ss_res == 0.0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        1.0 - ss_res / ss_tot
+    })
+}
+
+/// `sklearn.metrics.root_mean_squared_error`.
+pub fn rmse(y: &[f64], p: &[f64]) -> R {
+    check(y.len(), p.len())?;
+    Ok((sum(y.iter().zip(p).map(|(a, b)| (a - b) * (a - b))) / y.len() as f64).sqrt())
+}
+
+/// `sklearn.metrics.mean_absolute_error`.
+pub fn mae(y: &[f64], p: &[f64]) -> R {
+    check(y.len(), p.len())?;
+    Ok(sum(y.iter().zip(p).map(|(a, b)| (a - b).abs())) / y.len() as f64)
+}
+
+/// `sklearn.metrics.roc_auc_score` for a binary truth: the area under the ROC curve, with tied
+/// scores forming one step (trapezoids), as `roc_curve` + `auc` compute it.
+pub fn roc_auc(y: &[bool], score: &[f64]) -> R {
+    check(y.len(), score.len())?;
+    let mut idx: Vec<usize> = (0..y.len()).collect();
+    idx.sort_unstable_by(|&a, &b| score[b].total_cmp(&score[a]));
+    let pos = y.iter().filter(|&&v| v).count() as f64;
+    let neg = y.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return Err(MetricError::SingleClass);
+    }
+    let (mut tp, mut fp, mut area) = (0.0f64, 0.0f64, 0.0f64);
+    let mut i = 0;
+    while i < idx.len() {
+        let (tp0, fp0) = (tp, fp);
+        let s = score[idx[i]];
+        while i < idx.len() && score[idx[i]] == s {
+            if y[idx[i]] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            i += 1;
+        }
+        area += (fp - fp0) * (tp + tp0) / 2.0;
+    }
+    Ok(area / (pos * neg))
+}
+
+/// `sklearn.metrics.log_loss` for a binary truth: probabilities clipped to [ε, 1−ε] (ε the f64
+/// machine epsilon) after forming both classes' columns.
+pub fn log_loss(y: &[bool], p: &[f64]) -> R {
+    check(y.len(), p.len())?;
+    let eps = f64::EPSILON;
+    let total = sum(y.iter().zip(p).map(|(&t, &q)| {
+        let q = if t { q } else { 1.0 - q };
+        -q.clamp(eps, 1.0 - eps).ln()
+    }));
+    Ok(total / y.len() as f64)
+}
+
+/// `sklearn.metrics.brier_score_loss`.
+pub fn brier(y: &[bool], p: &[f64]) -> R {
+    check(y.len(), p.len())?;
+    Ok(sum(y
+        .iter()
+        .zip(p)
+        .map(|(&t, &q)| (q - f64::from(u8::from(t))).powi(2)))
+        / y.len() as f64)
+}
+
+/// Counts of a binary decision against the truth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Confusion {
+    pub tp: u64,
+    pub fp: u64,
+    pub tn: u64,
+    pub fn_: u64,
+}
+
+impl Confusion {
+    /// Decisions are `score >= threshold`.
+    pub fn at(y: &[bool], score: &[f64], threshold: f64) -> Result<Confusion, MetricError> {
+        check(y.len(), score.len())?;
+        let mut c = Confusion::default();
+        for (&t, &s) in y.iter().zip(score) {
+            match (t, s >= threshold) {
+                (true, true) => c.tp += 1,
+                (false, true) => c.fp += 1,
+                (false, false) => c.tn += 1,
+                (true, false) => c.fn_ += 1,
+            }
+        }
+        Ok(c)
+    }
+
+    fn ratio(a: u64, b: u64) -> f64 {
+        // scikit-learn's zero_division default gives 0.
+        if b == 0 {
+            0.0
+        } else {
+            a as f64 / b as f64
+        }
+    }
+
+    pub fn precision(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fp)
+    }
+
+    /// Recall, the true-positive rate.
+    pub fn recall(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fn_)
+    }
+
+    pub fn f1(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected values: scripts/reference/metrics_fairness.py (scikit-learn 1.9.1).
+    const Y: [f64; 12] = [0.3, 1.2, 2.5, 0.0, 4.1, 3.3, 2.2, 0.9, 1.7, 5.0, 2.8, 3.9];
+    const P: [f64; 12] = [0.5, 1.0, 2.1, 0.4, 3.6, 3.9, 2.0, 1.3, 1.1, 4.4, 3.1, 3.5];
+    pub(crate) const YB: [bool; 14] = [
+        true, false, true, true, false, false, true, false, true, false, false, true, true, false,
+    ];
+    pub(crate) const S: [f64; 14] = [
+        0.9, 0.1, 0.8, 0.4, 0.4, 0.35, 0.8, 0.0, 1.0, 0.6, 0.2, 0.55, 0.4, 0.8,
+    ];
+
+    fn near(a: f64, b: f64) {
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1e-300), "{a} != {b}");
+    }
+
+    #[test]
+    fn regression_metrics_match_sklearn() {
+        near(r2(&Y, &P).unwrap(), 0.9198603069570812);
+        near(rmse(&Y, &P).unwrap(), 0.42622372841814726);
+        near(mae(&Y, &P).unwrap(), 0.3999999999999999);
+        assert_eq!(r2(&[1.0, 1.0], &[1.0, 1.0]).unwrap(), 1.0);
+        assert_eq!(r2(&[1.0, 1.0], &[1.0, 2.0]).unwrap(), 0.0);
+        assert_eq!(
+            r2(&[1.0], &[1.0, 2.0]),
+            Err(MetricError::LengthMismatch(1, 2))
+        );
+    }
+
+    #[test]
+    fn binary_metrics_match_sklearn() {
+        near(roc_auc(&YB, &S).unwrap(), 0.836734693877551);
+        near(log_loss(&YB, &S).unwrap(), 0.48413623813777956);
+        near(brier(&YB, &S).unwrap(), 0.1675);
+        let c = Confusion::at(&YB, &S, 0.5).unwrap();
+        near(c.precision(), 0.7142857142857143);
+        near(c.recall(), 0.7142857142857143);
+        near(c.f1(), 0.7142857142857143);
+        // Ties across classes, and clipping of 0 and 1 probabilities:
+        //   roc_auc_score([0,0,1,1,1], [.5,.5,.5,.5,.9]) = 0.6666666666666666
+        //   log_loss([1,0,1], [0.0, 1.0, 0.7]) = 24.14799390739101
+        near(
+            roc_auc(
+                &[false, false, true, true, true],
+                &[0.5, 0.5, 0.5, 0.5, 0.9],
+            )
+            .unwrap(),
+            0.6666666666666666,
+        );
+        near(
+            log_loss(&[true, false, true], &[0.0, 1.0, 0.7]).unwrap(),
+            24.14799390739101,
+        );
+        assert_eq!(
+            roc_auc(&[true, true], &[0.1, 0.2]),
+            Err(MetricError::SingleClass)
+        );
+    }
+}
