@@ -15,6 +15,7 @@ pub mod error;
 pub mod fairness;
 pub mod generate;
 pub mod metrics;
+pub mod model;
 pub mod quality;
 pub mod stages;
 pub mod stats;

@@ -164,6 +164,36 @@ fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
                     .join(" · ")
             })
             .unwrap_or_default(),
+        "train" => {
+            let metrics = r.summary["metrics"].as_object();
+            let mut parts: Vec<String> = metrics
+                .map(|m| {
+                    m.iter()
+                        .take(3)
+                        .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match r.summary["gate_failures"].as_array() {
+                Some(f) if !f.is_empty() => parts.push(format!(
+                    "GATE FAILED: {}",
+                    f.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+                _ if r.summary["passed"] == serde_json::Value::Bool(true) => {
+                    parts.push("gates passed".into())
+                }
+                _ => {}
+            }
+            parts.join(" · ")
+        }
+        "prepare" => format!(
+            "{} training rows · {} holdout rows",
+            thousands(r.summary["train_rows"].as_u64().unwrap_or(0)),
+            thousands(r.summary["holdout_rows"].as_u64().unwrap_or(0))
+        ),
         _ => String::new(),
     }
 }

@@ -49,7 +49,7 @@ pub fn compile_file(path: &str, ov: &Overrides) -> Result<Pipeline> {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "pipeline", "storage", "run", "datasets", "quality", "stages",
+    "pipeline", "storage", "run", "datasets", "quality", "models", "stages",
 ];
 
 /// Compiles the text of a pipeline file.
@@ -96,6 +96,10 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
             .into_iter()
             .filter_map(|(k, v)| de(v, &format!("datasets.{k}"), &mut problems).map(|d| (k, d)))
             .collect();
+    let model_specs: Vec<(String, ModelSpec)> = table_entries(&doc, "models", &mut problems)
+        .into_iter()
+        .filter_map(|(k, v)| de(v, &format!("models.{k}"), &mut problems).map(|m| (k, m)))
+        .collect();
     let stage_entries = table_entries(&doc, "stages", &mut problems);
     let stage_specs: Vec<(String, StageSpec)> = stage_entries
         .into_iter()
@@ -136,9 +140,11 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
 
     let datasets = compile_datasets(&dataset_specs, &mut problems);
     let quality = compile_quality(&quality_spec, &datasets, &mut problems);
+    let models = compile_models(&model_specs, &stage_specs, &datasets, &mut problems);
     let (stages, dag) = compile_stages(
         &stage_specs,
         &datasets,
+        &models,
         (default_timeout, default_retries, default_backoff),
         &mut problems,
     );
@@ -157,6 +163,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         seed: run.seed.unwrap_or(42),
         datasets,
         quality,
+        models,
         stages,
         dag,
         resolved,
@@ -588,9 +595,153 @@ fn compile_quality(
     }
 }
 
+fn compile_models(
+    specs: &[(String, ModelSpec)],
+    stages: &[(String, StageSpec)],
+    datasets: &IndexMap<String, Dataset>,
+    problems: &mut Vec<String>,
+) -> IndexMap<String, Model> {
+    // The default dataset of a model: the one the (first) prepare stage prepares.
+    let prepared: Option<String> =
+        stages
+            .iter()
+            .find(|(_, s)| s.kind == "prepare")
+            .and_then(|(_, s)| {
+                s.params
+                    .get("dataset")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+            });
+    let mut out = IndexMap::new();
+    for (name, m) in specs {
+        let path = format!("models.{name}");
+        let task = match m.task.as_str() {
+            "regression" => Task::Regression,
+            "binary" | "classification" => Task::Binary,
+            other => {
+                problems.push(format!(
+                    "{path}.task: `{other}` is not `regression` or `binary`"
+                ));
+                continue;
+            }
+        };
+        let Some(dataset) = m.dataset.clone().or_else(|| prepared.clone()) else {
+            problems.push(format!(
+                "{path}.dataset: missing, and no prepare stage names one"
+            ));
+            continue;
+        };
+        let Some(ds) = datasets.get(&dataset) else {
+            problems.push(format!("{path}.dataset: unknown dataset `{dataset}`"));
+            continue;
+        };
+        match ds.column(&m.target) {
+            None => problems.push(format!("{path}.target: `{}` is not a declared column of `{dataset}`", m.target)),
+            Some(c) => match task {
+                Task::Regression if !c.ty.is_numeric() => {
+                    problems.push(format!("{path}.target: `{}` is {}, a regression target must be numeric", m.target, c.ty.name()))
+                }
+                Task::Binary if c.ty == ColumnType::String && m.positive_label.is_none() => problems.push(format!(
+                    "{path}.positive_label: the target `{}` is text; say which value is positive (e.g. positive_label = \"Yes\")",
+                    m.target
+                )),
+                Task::Binary if matches!(c.ty, ColumnType::Float64 | ColumnType::Date | ColumnType::Timestamp) => problems.push(format!(
+                    "{path}.target: `{}` is {}; a binary target is a bool, a 0/1 integer or text with positive_label",
+                    m.target,
+                    c.ty.name()
+                )),
+                _ => {}
+            },
+        }
+        if m.features.is_empty() {
+            problems.push(format!(
+                "{path}.features: a model needs at least one feature"
+            ));
+        }
+        for f in &m.features {
+            match ds.column(f) {
+                None => problems.push(format!(
+                    "{path}.features: `{f}` is not a declared column of `{dataset}`{}",
+                    suggest(f, ds.columns.iter().map(|c| c.name.as_str()))
+                )),
+                Some(c) if matches!(c.ty, ColumnType::Date | ColumnType::Timestamp) => problems
+                    .push(format!(
+                        "{path}.features: `{f}` is a {} column; derive a number from it first",
+                        c.ty.name()
+                    )),
+                Some(_) if f == &m.target => {
+                    problems.push(format!("{path}.features: `{f}` is the target"))
+                }
+                Some(_) if ds.primary_key.contains(f) => {
+                    problems.push(format!("{path}.features: `{f}` is the dataset's key"))
+                }
+                _ => {}
+            }
+        }
+        let algorithm = m.algorithm.clone().unwrap_or_else(|| "gbdt".into());
+        if algorithm != "gbdt" {
+            problems.push(format!(
+                "{path}.algorithm: `{algorithm}` is not available (use gbdt)"
+            ));
+        }
+        let params: crate::model::gbdt::Params = match &m.params {
+            None => Default::default(),
+            Some(t) => de(
+                toml::Value::Table(t.clone()),
+                &format!("{path}.params"),
+                problems,
+            )
+            .unwrap_or_default(),
+        };
+        for e in params.check() {
+            problems.push(format!("{path}.params: {e}"));
+        }
+        let mut gates = Vec::new();
+        for g in &m.gates {
+            match Gate::parse(g) {
+                None => problems.push(format!(
+                    "{path}.gates: `{g}` is not `metric op value` (e.g. \"r2 >= 0.75\")"
+                )),
+                Some(gate) if !task.metrics().contains(&gate.metric.as_str()) => {
+                    problems.push(format!(
+                        "{path}.gates: a {} model does not produce `{}` (it produces {})",
+                        m.task,
+                        gate.metric,
+                        task.metrics().join(", ")
+                    ))
+                }
+                Some(gate) => gates.push(gate),
+            }
+        }
+        let threshold = m.threshold.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&threshold) {
+            problems.push(format!(
+                "{path}.threshold: {threshold} is not a probability"
+            ));
+        }
+        out.insert(
+            name.clone(),
+            Model {
+                name: name.clone(),
+                task,
+                dataset,
+                target: m.target.clone(),
+                positive_label: m.positive_label.clone(),
+                features: m.features.clone(),
+                algorithm,
+                params,
+                gates,
+                threshold,
+            },
+        );
+    }
+    out
+}
+
 fn compile_stages(
     specs: &[(String, StageSpec)],
     datasets: &IndexMap<String, Dataset>,
+    models: &IndexMap<String, Model>,
     defaults: (Duration, u32, Duration),
     problems: &mut Vec<String>,
 ) -> (Vec<Stage>, Dag) {
@@ -637,6 +788,38 @@ fn compile_stages(
                     datasets: p.datasets,
                 }
             }),
+            "prepare" => de::<PrepareParams>(params, &path, problems).map(|p| {
+                check_datasets(std::slice::from_ref(&p.dataset), problems);
+                let holdout = p.holdout.unwrap_or(0.2);
+                if !(0.01..=0.99).contains(&holdout) {
+                    problems.push(format!(
+                        "{path}.holdout: {holdout} must be between 0.01 and 0.99"
+                    ));
+                }
+                if datasets
+                    .get(&p.dataset)
+                    .is_some_and(|d| d.primary_key.is_empty())
+                {
+                    problems.push(format!(
+                        "{path}.dataset: `{}` has no primary_key to split on",
+                        p.dataset
+                    ));
+                }
+                StageKind::Prepare {
+                    dataset: p.dataset,
+                    holdout,
+                }
+            }),
+            "train" => de::<TrainParams>(params, &path, problems).map(|p| {
+                if !models.contains_key(&p.model) {
+                    problems.push(format!(
+                        "{path}.model: unknown model `{}`{}",
+                        p.model,
+                        suggest(&p.model, models.keys().map(|s| s.as_str()))
+                    ));
+                }
+                StageKind::Train { model: p.model }
+            }),
             other => {
                 problems.push(format!(
                     "{path}.kind: unknown stage kind `{other}`{} (this build knows: {})",
@@ -669,7 +852,25 @@ fn compile_stages(
         problems.push(format!("stages: cycle {}", names.join(" -> ")));
     } else if stages.len() == dag.len() {
         // Cross-stage checks need an acyclic graph of fully parsed stages.
+        let upstream_kind = |i: usize, kind: &str| {
+            dag.ancestors(i)
+                .into_iter()
+                .any(|a| stages[a].kind.name() == kind)
+        };
         for (i, st) in stages.iter().enumerate() {
+            match &st.kind {
+                StageKind::Prepare { .. } if !upstream_kind(i, "validate") => {
+                    problems.push(format!(
+                    "stages.{}: a prepare stage needs a validate stage upstream (its clean rows)",
+                    st.name
+                ))
+                }
+                StageKind::Train { .. } if !upstream_kind(i, "prepare") => problems.push(format!(
+                    "stages.{}: a train stage needs a prepare stage upstream",
+                    st.name
+                )),
+                _ => {}
+            }
             if let StageKind::Validate { datasets: ds } = &st.kind {
                 let loaded: Vec<&String> = dag
                     .ancestors(i)

@@ -29,6 +29,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub datasets: IndexMap<String, Dataset>,
     pub quality: Quality,
+    pub models: IndexMap<String, Model>,
     pub stages: Vec<Stage>,
     pub dag: Dag,
     /// The pipeline file's resolved values (after `--set`, `--input` and the environment), as
@@ -165,6 +166,8 @@ pub struct Quality {
 pub enum StageKind {
     Load { datasets: Vec<String> },
     Validate { datasets: Vec<String> },
+    Prepare { dataset: String, holdout: f64 },
+    Train { model: String },
 }
 
 impl StageKind {
@@ -172,11 +175,90 @@ impl StageKind {
         match self {
             StageKind::Load { .. } => "load",
             StageKind::Validate { .. } => "validate",
+            StageKind::Prepare { .. } => "prepare",
+            StageKind::Train { .. } => "train",
         }
     }
 
     /// The kinds this build knows, for messages.
-    pub const KNOWN: &'static [&'static str] = &["load", "validate"];
+    pub const KNOWN: &'static [&'static str] = &["load", "validate", "prepare", "train"];
+}
+
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Regression,
+    Binary,
+}
+
+impl Task {
+    /// The metrics a task produces (names usable in gates).
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Task::Regression => &["r2", "rmse", "mae"],
+            Task::Binary => &["auc", "log_loss", "brier", "precision", "recall", "f1"],
+        }
+    }
+}
+
+/// A gate: `metric op value`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Gate {
+    pub metric: String,
+    pub op: String,
+    pub value: f64,
+}
+
+impl Gate {
+    pub fn parse(s: &str) -> Option<Gate> {
+        let s = s.trim();
+        for op in [">=", "<=", ">", "<"] {
+            if let Some((m, v)) = s.split_once(op) {
+                let value: f64 = v.trim().parse().ok()?;
+                let metric = m.trim().to_string();
+                if metric.is_empty() || !value.is_finite() {
+                    return None;
+                }
+                return Some(Gate {
+                    metric,
+                    op: op.to_string(),
+                    value,
+                });
+            }
+        }
+        None
+    }
+
+    pub fn passes(&self, v: f64) -> bool {
+        match self.op.as_str() {
+            ">=" => v >= self.value,
+            ">" => v > self.value,
+            "<=" => v <= self.value,
+            _ => v < self.value,
+        }
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.metric, self.op, self.value)
+    }
+}
+
+/// A checked model declaration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Model {
+    pub name: String,
+    pub task: Task,
+    pub dataset: String,
+    pub target: String,
+    pub positive_label: Option<String>,
+    pub features: Vec<String>,
+    pub algorithm: String,
+    pub params: crate::model::gbdt::Params,
+    pub gates: Vec<Gate>,
+    pub threshold: f64,
 }
 
 /// A checked stage.

@@ -207,3 +207,48 @@ pub struct LoadParams {
 pub struct ValidateParams {
     pub datasets: Vec<String>,
 }
+
+/// `[models.NAME]`: one model the pipeline trains.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModelSpec {
+    /// `regression` or `binary`.
+    pub task: String,
+    /// The dataset it is trained on (default: the `prepare` stage's dataset).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    pub target: String,
+    /// For a text target: the value that counts as positive (e.g. "Yes").
+    #[serde(default)]
+    pub positive_label: Option<String>,
+    pub features: Vec<String>,
+    /// `gbdt` (default).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// Algorithm parameters (for gbdt: n_trees, learning_rate, num_leaves, ...).
+    #[serde(default)]
+    pub params: Option<toml::Table>,
+    /// Gates such as `"r2 >= 0.75"`; a model that fails one is not promoted.
+    #[serde(default)]
+    pub gates: Vec<String>,
+    /// Decision threshold of a binary model.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Parameters of a `prepare` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PrepareParams {
+    /// The validated dataset models train on.
+    pub dataset: String,
+    /// Fraction of keys held out for evaluation (default 0.2).
+    #[serde(default)]
+    pub holdout: Option<f64>,
+}
+
+/// Parameters of a `train` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TrainParams {
+    pub model: String,
+}

@@ -563,6 +563,29 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
             }
         }
     }
+    // A failed gate does not stop the pipeline, but the run ends with exit code 1.
+    if first_error.is_none() {
+        let m = &writer.lock().await.manifest;
+        let failures: Vec<String> = m
+            .stages
+            .values()
+            .filter(|r| r.status.is_done())
+            .filter_map(|r| {
+                r.summary
+                    .get("gate_failures")
+                    .and_then(|v| v.as_array())
+                    .cloned()
+            })
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        if !failures.is_empty() {
+            first_error = Some((usize::MAX, Error::CheckFailed(format!(
+                "{}; the model is not promoted — look at its metrics.json, or change the gate in the pipeline file",
+                failures.join("; ")
+            ))));
+        }
+    }
     // Whatever could not start because something failed is skipped.
     let status = {
         let mut w = writer.lock().await;
@@ -573,10 +596,10 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
                     r.status = StageStatus::Skipped;
                 }
             }
-            m.status = if first_error.is_some() {
-                RunStatus::Failed
-            } else {
-                RunStatus::Succeeded
+            // Failed gates leave a completed run (status succeeded) with exit code 1.
+            m.status = match &first_error {
+                Some((i, _)) if *i != usize::MAX => RunStatus::Failed,
+                _ => RunStatus::Succeeded,
             };
             m.finished_at = Some(ts(now()));
             m.duration_s = Some(elapsed);
@@ -658,6 +681,9 @@ async fn run_stage(
                         r.status = StageStatus::Succeeded;
                         r.outputs = outputs;
                         r.summary = done.summary;
+                        if !done.gate_failures.is_empty() {
+                            r.summary["gate_failures"] = serde_json::json!(done.gate_failures);
+                        }
                         r.valid_until = done.valid_until.map(ts);
                         r.finished_at = Some(ts(now()));
                         r.duration_s = Some(elapsed);

@@ -57,6 +57,6 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
     .await?;
     Ok(StageDone {
         summary: serde_json::json!({ "rows": rows, "inputs": inputs }),
-        valid_until: None,
+        ..Default::default()
     })
 }

@@ -2,6 +2,8 @@
 //! of the configuration its outputs depend on, and how to execute it.
 
 pub mod load;
+pub mod prepare;
+pub mod train;
 pub mod validate;
 
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub struct StageDone {
     pub summary: serde_json::Value,
     /// After this time the outputs must not be reused.
     pub valid_until: Option<DateTime<Utc>>,
+    /// Gates that failed: the stage succeeded, but the run ends with exit code 1.
+    pub gate_failures: Vec<String>,
 }
 
 /// Executes one attempt of a stage.
@@ -27,6 +31,8 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
     match &ctx.stage.kind {
         StageKind::Load { datasets } => load::run(ctx, datasets).await,
         StageKind::Validate { datasets } => validate::run(ctx, datasets).await,
+        StageKind::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
+        StageKind::Train { model } => train::run(ctx, model).await,
     }
 }
 
@@ -34,7 +40,9 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
 pub fn datasets_read(st: &Stage) -> Vec<String> {
     match &st.kind {
         StageKind::Load { datasets } => datasets.clone(),
-        StageKind::Validate { .. } => Vec::new(),
+        StageKind::Validate { .. } | StageKind::Prepare { .. } | StageKind::Train { .. } => {
+            Vec::new()
+        }
     }
 }
 
@@ -43,6 +51,8 @@ pub fn kind_version(st: &Stage) -> u32 {
     match &st.kind {
         StageKind::Load { .. } => 1,
         StageKind::Validate { .. } => 1,
+        StageKind::Prepare { .. } => 1,
+        StageKind::Train { .. } => 1,
     }
 }
 
@@ -66,6 +76,12 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
         }
         StageKind::Validate { datasets: d } => {
             serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "quality": p.quality })
+        }
+        StageKind::Prepare { dataset, .. } => {
+            serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })
+        }
+        StageKind::Train { model } => {
+            serde_json::json!({ "kind": st.kind, "model": p.models[model] })
         }
     }
 }

@@ -62,6 +62,7 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
     Ok(StageDone {
         summary: summary.into(),
         valid_until,
+        ..Default::default()
     })
 }
 

@@ -4,6 +4,7 @@
 mod common;
 mod formats;
 mod generate;
+mod models;
 mod pipeline_file;
 mod quality;
 mod run;

@@ -1,0 +1,233 @@
+//! `train`: fits one declared model on the training side of the prepared rows, evaluates it on
+//! the holdout side, and checks its gates. Writes `model.json` (the artifact, with its fitted
+//! transform), `metrics.json`, and `holdout.parquet` (`_row` in the clean data, target,
+//! prediction) for the fairness and drift stages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, UInt64Array};
+use arrow::record_batch::RecordBatch;
+use indexmap::IndexMap;
+
+use super::prepare::{buckets, Recipe};
+use super::StageDone;
+use crate::config::{Model, Task};
+use crate::engine::context::StageCtx;
+use crate::error::{Error, Result};
+use crate::metrics::{self, Confusion};
+use crate::model::gbdt::{self, Objective};
+use crate::model::transform::Transform;
+use crate::model::Artifact;
+
+/// Holdout metrics of a model.
+pub fn evaluate(
+    task: Task,
+    y: &[f64],
+    p: &[f64],
+    threshold: f64,
+) -> std::result::Result<IndexMap<String, f64>, metrics::MetricError> {
+    let mut m = IndexMap::new();
+    match task {
+        Task::Regression => {
+            m.insert("r2".into(), metrics::r2(y, p)?);
+            m.insert("rmse".into(), metrics::rmse(y, p)?);
+            m.insert("mae".into(), metrics::mae(y, p)?);
+        }
+        Task::Binary => {
+            let yb: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
+            m.insert("auc".into(), metrics::roc_auc(&yb, p)?);
+            m.insert("log_loss".into(), metrics::log_loss(&yb, p)?);
+            m.insert("brier".into(), metrics::brier(&yb, p)?);
+            let c = Confusion::at(&yb, p, threshold)?;
+            m.insert("precision".into(), c.precision());
+            m.insert("recall".into(), c.recall());
+            m.insert("f1".into(), c.f1());
+            m.insert(
+                "positive_rate".into(),
+                p.iter().filter(|v| **v >= threshold).count() as f64 / p.len() as f64,
+            );
+        }
+    }
+    Ok(m)
+}
+
+pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
+    let model: Model = ctx.pipeline().models[model_name].clone();
+    let prep = ctx
+        .upstream
+        .values()
+        .find_map(|r| r.output("prepare").cloned())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "stage `{}` needs a prepare stage in its `needs`",
+                ctx.stage.name
+            ))
+        })?;
+    let recipe: Recipe = ctx.read_json(&prep).await?;
+    if recipe.dataset != model.dataset {
+        return Err(Error::Usage(format!(
+            "model `{model_name}` trains on `{}`, but the prepare stage prepared `{}`",
+            model.dataset, recipe.dataset
+        )));
+    }
+    let table = ctx.read_table(&recipe.source).await?;
+    ctx.progress.set_message(format!(
+        "fitting {model_name} on {} rows",
+        recipe.train_rows
+    ));
+    let stage = ctx.stage.name.clone();
+    let name = model_name.to_string();
+    let started = Instant::now();
+    let fitted = tokio::task::spawn_blocking(move || fit(&table, &recipe, &model))
+        .await
+        .map_err(|e| Error::Infra(format!("stage `{stage}`: training panicked: {e}")))?
+        .map_err(|e| Error::Data(format!("model `{name}`: {e}")))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let Fitted {
+        artifact,
+        metrics,
+        holdout,
+        gates,
+        rows,
+    } = fitted;
+
+    let failed: Vec<String> = gates
+        .iter()
+        .filter(|g| !g.2)
+        .map(|g| format!("{} (got {:.4})", g.0, g.1))
+        .collect();
+    for (k, v) in &metrics {
+        tracing::info!(stage = %ctx.stage.name, model = %model_name, metric = %k, value = v, "holdout metric");
+    }
+    if !failed.is_empty() {
+        tracing::warn!(stage = %ctx.stage.name, model = %model_name, failed = %failed.join("; "), "model failed its gates");
+    }
+    ctx.write_json("model", "model.json", &artifact).await?;
+    let doc = serde_json::json!({
+        "model": model_name,
+        "task": artifact.task,
+        "algorithm": artifact.algorithm,
+        "rows": { "train": rows.0, "holdout": rows.1 },
+        "metrics": metrics,
+        "gates": gates.iter().map(|(g, v, ok)| serde_json::json!({ "gate": g, "value": v, "passed": ok })).collect::<Vec<_>>(),
+        "passed": failed.is_empty(),
+        "training_seconds": seconds,
+        "feature_importance": importance(&artifact),
+    });
+    ctx.write_json("metrics", "metrics.json", &doc).await?;
+    ctx.write_table("holdout", "holdout.parquet", holdout)
+        .await?;
+    Ok(StageDone {
+        summary: serde_json::json!({
+            "model": model_name,
+            "metrics": metrics,
+            "passed": failed.is_empty(),
+            "gate_failures": failed,
+            "training_seconds": seconds,
+            "rows": { "train": rows.0, "holdout": rows.1 },
+        }),
+        gate_failures: failed
+            .iter()
+            .map(|f| format!("model `{model_name}` failed gate {f}"))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+struct Fitted {
+    artifact: Artifact,
+    metrics: IndexMap<String, f64>,
+    holdout: RecordBatch,
+    gates: Vec<(String, f64, bool)>,
+    rows: (usize, usize),
+}
+
+fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
+    let b = buckets(table, &recipe.key).map_err(|e| e.to_string())?;
+    let cut = recipe.cut();
+    let train_rows: Vec<u32> = (0..b.len() as u32)
+        .filter(|&r| b[r as usize] < cut)
+        .collect();
+    let hold_rows: Vec<u32> = (0..b.len() as u32)
+        .filter(|&r| b[r as usize] >= cut)
+        .collect();
+    let y = crate::model::target(
+        table,
+        &model.target,
+        model.task,
+        model.positive_label.as_deref(),
+    )?;
+    let transform = Transform::fit(table, &model.features, &train_rows)?;
+    let matrix = transform.apply(table)?;
+    let xt = matrix.take(&train_rows);
+    let yt: Vec<f64> = train_rows.iter().map(|&r| y[r as usize]).collect();
+    if model.task == Task::Binary && (yt.iter().all(|v| *v == 0.0) || yt.iter().all(|v| *v == 1.0))
+    {
+        return Err(format!(
+            "the target `{}` has only one class in the {} training rows; a binary model needs both",
+            model.target,
+            yt.len()
+        ));
+    }
+    let objective = match model.task {
+        Task::Regression => Objective::SquaredError,
+        Task::Binary => Objective::Logistic,
+    };
+    let views: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
+    let booster = gbdt::train(&views, &yt, objective, &model.params);
+    let xh = matrix.take(&hold_rows);
+    let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
+    let ph = booster.predict(&hviews);
+    let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
+    let metrics = evaluate(model.task, &yh, &ph, model.threshold)
+        .map_err(|e| format!("holdout metrics: {e}"))?;
+    let gates = model
+        .gates
+        .iter()
+        .map(|g| {
+            let v = metrics[g.metric.as_str()];
+            (g.to_string(), v, g.passes(v))
+        })
+        .collect();
+    let holdout = RecordBatch::try_from_iter(vec![
+        (
+            "_row",
+            Arc::new(UInt64Array::from(
+                hold_rows.iter().map(|&r| r as u64).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        ("target", Arc::new(Float64Array::from(yh)) as ArrayRef),
+        ("prediction", Arc::new(Float64Array::from(ph)) as ArrayRef),
+    ])
+    .map_err(|e| e.to_string())?;
+    let artifact = Artifact {
+        format_version: 1,
+        name: model.name.clone(),
+        task: model.task,
+        target: model.target.clone(),
+        positive_label: model.positive_label.clone(),
+        algorithm: model.algorithm.clone(),
+        params: model.params.clone(),
+        threshold: model.threshold,
+        transform,
+        booster,
+    };
+    Ok(Fitted {
+        artifact,
+        metrics,
+        holdout,
+        gates,
+        rows: (train_rows.len(), hold_rows.len()),
+    })
+}
+
+fn importance(a: &Artifact) -> IndexMap<String, f64> {
+    let total: f64 = a.booster.gain_importance.iter().sum();
+    a.transform
+        .features
+        .iter()
+        .zip(&a.booster.gain_importance)
+        .map(|(f, g)| (f.name.clone(), if total > 0.0 { g / total } else { 0.0 }))
+        .collect()
+}

@@ -1,0 +1,174 @@
+//! The prepare and train stages: artifacts that load back, determinism, gates, bad targets.
+
+use arrow::array::{Array, AsArray};
+
+use crate::common::*;
+
+fn artifact(p: &Project, run: &str, model: &str) -> mlpipe::model::Artifact {
+    serde_json::from_str(
+        &std::fs::read_to_string(p.path(&format!("runs/{run}/train_{model}/model.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn models_train_pass_their_gates_and_load_back_with_identical_predictions() {
+    let p = Project::new(true);
+    let out = p.ok(&["run", "--as-of", AS_OF, "--run-id", "m1"]);
+    assert!(
+        out.contains("train_churn") && out.matches("gates passed").count() == 3,
+        "{out}"
+    );
+    let clean = read_parquet(&p.path("runs/m1/validate/customers/clean.parquet"));
+    for (model, metric, floor) in [
+        ("engagement", "r2", 0.75),
+        ("churn", "auc", 0.75),
+        ("ltv", "r2", 0.6),
+    ] {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p.path(&format!("runs/m1/train_{model}/metrics.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            m["metrics"][metric].as_f64().unwrap() >= floor,
+            "{model}: {}",
+            m["metrics"]
+        );
+        assert_eq!(m["passed"], true);
+        // The artifact, loaded from its file, reproduces the holdout predictions exactly.
+        let a = artifact(&p, "m1", model);
+        let holdout = read_parquet(&p.path(&format!("runs/m1/train_{model}/holdout.parquet")));
+        let rows = holdout
+            .column_by_name("_row")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::UInt64Type>();
+        let idx = arrow::array::UInt64Array::from(rows.values().to_vec());
+        let subset = arrow::compute::take_record_batch(&clean, &idx).unwrap();
+        let (pred, _) = a.predict(&subset).unwrap();
+        let stored = holdout
+            .column_by_name("prediction")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert!(
+            pred == stored.values().to_vec(),
+            "{model}: reloaded predictions differ"
+        );
+        assert_eq!(
+            holdout.num_rows() as u64 + m["rows"]["train"].as_u64().unwrap(),
+            clean.num_rows() as u64
+        );
+    }
+    // Training is deterministic: a forced re-run writes byte-identical artifacts.
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "m2", "--force"]);
+    for s in ["train_engagement", "train_churn", "train_ltv"] {
+        assert_eq!(
+            p.outputs("m1", s)
+                .into_iter()
+                .filter(|o| o.0 == "model")
+                .collect::<Vec<_>>(),
+            p.outputs("m2", s)
+                .into_iter()
+                .filter(|o| o.0 == "model")
+                .collect::<Vec<_>>(),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn unseen_categories_at_scoring_are_counted_not_fatal() {
+    let p = Project::new(true);
+    p.ok(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "u",
+        "--to",
+        "train_churn",
+    ]);
+    let a = artifact(&p, "u", "churn");
+    let mut current = read_parquet(&p.path("data/current/part-00000.parquet"));
+    let i = current.schema().index_of("plan").unwrap();
+    let mut cols = current.columns().to_vec();
+    let plans: Vec<Option<&str>> = (0..current.num_rows())
+        .map(|r| Some(if r % 10 == 0 { "platinum" } else { "pro" }))
+        .collect();
+    cols[i] = std::sync::Arc::new(arrow::array::StringArray::from(plans));
+    current = arrow::record_batch::RecordBatch::try_new(current.schema(), cols).unwrap();
+    let (pred, m) = a.predict(&current).unwrap();
+    assert_eq!(m.unseen["plan"], current.num_rows() as u64 / 10);
+    assert!(pred.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn a_failed_gate_ends_the_run_with_exit_code_1() {
+    let p = Project::new(true);
+    let o = p.mlpipe(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "g",
+        "--set",
+        "models.engagement.gates=[\"r2 >= 0.999\"]",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("model `engagement` failed gate r2 >= 0.999"),
+        "{e}"
+    );
+    assert!(stdout(&o).contains("GATE FAILED"), "{}", stdout(&o));
+    let m = p.manifest("g");
+    assert_eq!(m["status"], "succeeded");
+    assert_eq!(m["stages"]["train_engagement"]["summary"]["passed"], false);
+    assert_eq!(m["stages"]["train_churn"]["summary"]["passed"], true);
+}
+
+#[test]
+fn a_binary_target_with_one_class_is_unusable_input() {
+    let p = Project::new(true);
+    let b = read_parquet(&p.path("data/customers/part-00000.parquet"));
+    let i = b.schema().index_of("churned").unwrap();
+    let mut cols = b.columns().to_vec();
+    cols[i] = std::sync::Arc::new(arrow::array::BooleanArray::from(vec![false; b.num_rows()]));
+    let b = arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap();
+    let f = std::fs::File::create(p.path("data/customers/part-00000.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    let o = p.mlpipe(&["run", "--as-of", AS_OF]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("stage `train_churn`") && e.contains("only one class") && e.contains("churned"),
+        "{e}"
+    );
+}
+
+#[test]
+fn model_declarations_are_checked_before_any_data_is_read() {
+    let p = Project::new(false);
+    let o = p.mlpipe(&[
+        "validate",
+        "--set",
+        "models.churn.gates=[\"r2 >= 0.5\"]",
+        "--set",
+        "models.ltv.features=[\"age\", \"favourite_colour\"]",
+        "--set",
+        "stages.train_ltv.model=\"lvt\"",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("a binary model does not produce `r2`"), "{e}");
+    assert!(
+        e.contains("`favourite_colour` is not a declared column of `customers`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unknown model `lvt` (did you mean `ltv`?)"),
+        "{e}"
+    );
+}
