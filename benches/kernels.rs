@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the kernels, on data from the generator with a fixed seed:
-//! Parquet load (read + schema adaptation) and the data-quality checks.
+//! Parquet load (read + schema adaptation), the data-quality checks, Parquet write and the
+//! booster's fit.
 //!
 //! `cargo bench --bench kernels` (set MLPIPE_BENCH_ROWS to change the size; default 200 000).
 
@@ -61,6 +62,33 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("parquet_write", |b| {
         b.iter(|| {
             black_box(mlpipe::data::writer::to_parquet(std::slice::from_ref(&table.batch)).unwrap())
+        })
+    });
+    // The booster on the default pipeline's features, 50 trees (the default pipeline uses 200).
+    let features = p.models["churn"].features.clone();
+    let rows: Vec<u32> = (0..table.num_rows() as u32).collect();
+    let transform =
+        mlpipe::model::transform::Transform::fit(&table.batch, &features, &rows).unwrap();
+    let matrix = transform.apply(&table.batch).unwrap();
+    let y = mlpipe::model::target(
+        &table.batch,
+        "ltv_12m",
+        mlpipe::config::Task::Regression,
+        None,
+    )
+    .unwrap();
+    let params = mlpipe::model::gbdt::Params {
+        n_trees: 50,
+        ..Default::default()
+    };
+    g.bench_function("gbdt_fit_50_trees", |b| {
+        b.iter(|| {
+            black_box(mlpipe::model::gbdt::train(
+                &matrix.views(),
+                &y,
+                mlpipe::model::gbdt::Objective::SquaredError,
+                &params,
+            ))
         })
     });
     g.finish();

@@ -218,24 +218,41 @@ struct Leaf {
     node: usize,
 }
 
+/// Features bucketed once: a row-major matrix of bin numbers (one byte per feature), so that one
+/// pass over a leaf's rows fills every feature's histogram.
 struct Binned {
-    bins: Vec<Vec<u8>>,
+    /// `row_major[r * n_features + f]` is the bin of row `r` in feature `f`.
+    row_major: Vec<u8>,
+    n_features: usize,
     bounds: Vec<Vec<f64>>,
     offsets: Vec<usize>,
     total_bins: usize,
 }
 
+impl Binned {
+    fn bin(&self, r: usize, f: usize) -> u8 {
+        self.row_major[r * self.n_features + f]
+    }
+}
+
 fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
     let bounds: Vec<Vec<f64>> = x.par_iter().map(|c| bin_bounds(c, max_bins)).collect();
-    let bins: Vec<Vec<u8>> = x
-        .par_iter()
-        .zip(&bounds)
-        .map(|(c, b)| {
-            c.iter()
-                .map(|v| b.partition_point(|ub| ub < v).min(b.len() - 1) as u8)
-                .collect()
-        })
-        .collect();
+    let n = x.first().map_or(0, |c| c.len());
+    let nf = x.len();
+    let mut row_major = vec![0u8; n * nf];
+    row_major
+        .par_chunks_mut(nf.max(1) * 4096)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            let base = k * 4096;
+            for (j, row) in chunk.chunks_mut(nf).enumerate() {
+                for f in 0..nf {
+                    let v = x[f][base + j];
+                    let b = &bounds[f];
+                    row[f] = b.partition_point(|ub| *ub < v).min(b.len() - 1) as u8;
+                }
+            }
+        });
     let mut offsets = Vec::with_capacity(bounds.len());
     let mut total = 0;
     for b in &bounds {
@@ -243,33 +260,47 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
         total += b.len();
     }
     Binned {
-        bins,
+        row_major,
+        n_features: nf,
         bounds,
         offsets,
         total_bins: total,
     }
 }
 
+/// Rows per histogram task: enough work per task, few partial histograms to add up.
+const HIST_CHUNK: usize = 32 * 1024;
+
 fn build_hist(b: &Binned, rows: &[u32], g: &[f64], h: &[f64]) -> Vec<Bin> {
-    let per_feature: Vec<Vec<Bin>> = b
-        .bins
-        .par_iter()
-        .zip(&b.bounds)
-        .map(|(col, bounds)| {
-            let mut hist = vec![Bin::default(); bounds.len()];
-            for &r in rows {
-                let r = r as usize;
-                let e = &mut hist[col[r] as usize];
-                e.g += g[r];
-                e.h += h[r];
+    let nf = b.n_features;
+    let fill = |chunk: &[u32]| {
+        let mut hist = vec![Bin::default(); b.total_bins];
+        for &r in chunk {
+            let r = r as usize;
+            let (gr, hr) = (g[r], h[r]);
+            let bins = &b.row_major[r * nf..(r + 1) * nf];
+            for (f, &bin) in bins.iter().enumerate() {
+                let e = &mut hist[b.offsets[f] + bin as usize];
+                e.g += gr;
+                e.h += hr;
                 e.n += 1;
             }
-            hist
-        })
-        .collect();
-    let mut out = Vec::with_capacity(b.total_bins);
-    for f in per_feature {
-        out.extend(f);
+        }
+        hist
+    };
+    if rows.len() <= HIST_CHUNK {
+        return fill(rows);
+    }
+    // Partial histograms in chunk order, added in that order: the sums do not depend on how the
+    // work was scheduled, so training stays deterministic.
+    let parts: Vec<Vec<Bin>> = rows.par_chunks(HIST_CHUNK).map(fill).collect();
+    let mut out = parts[0].clone();
+    for p in &parts[1..] {
+        for (o, e) in out.iter_mut().zip(p) {
+            o.g += e.g;
+            o.h += e.h;
+            o.n += e.n;
+        }
     }
     out
 }
@@ -427,13 +458,12 @@ fn grow(
         let s = leaf.split.unwrap();
         importance[s.feature] += s.gain;
         // Stable partition of the leaf's rows: left then right.
-        let col = &b.bins[s.feature];
         let seg = &mut rows[leaf.start..leaf.end];
         let (mut l, mut r) = (0usize, 0usize);
         let tmp = &mut scratch[..seg.len()];
         for i in 0..seg.len() {
             let row = seg[i];
-            if (col[row as usize] as usize) <= s.bin {
+            if (b.bin(row as usize, s.feature) as usize) <= s.bin {
                 seg[l] = row;
                 l += 1;
             } else {
