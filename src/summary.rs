@@ -189,6 +189,44 @@ fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
             }
             parts.join(" · ")
         }
+        "score" => format!(
+            "{} rows scored{}",
+            thousands(r.summary["rows"].as_u64().unwrap_or(0)),
+            r.summary["models"]
+                .as_object()
+                .map(|m| m
+                    .iter()
+                    .filter_map(|(k, v)| v["positive_rate"]
+                        .as_f64()
+                        .map(|x| format!(" · {k} positive rate {:.1}%", x * 100.0)))
+                    .collect::<String>())
+                .unwrap_or_default()
+        ),
+        "drift" => {
+            let list = |k: &str| {
+                r.summary[k]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            if r.summary["dataset_drift"] == serde_json::Value::Bool(true) {
+                format!(
+                    "DRIFT — features: {} · predictions: {}",
+                    list("drifted_features"),
+                    list("drifted_predictions")
+                )
+            } else {
+                format!(
+                    "no drift (max KS {:.3})",
+                    r.summary["max_feature_ks"].as_f64().unwrap_or(0.0)
+                )
+            }
+        }
         "prepare" => format!(
             "{} training rows · {} holdout rows",
             thousands(r.summary["train_rows"].as_u64().unwrap_or(0)),
@@ -201,30 +239,45 @@ fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
 /// The plan as a table.
 pub fn plan_table(p: &Pipeline, plan: &Plan) -> String {
     let mut s = String::new();
+    let how = if plan.resumed {
+        "resumes an existing run"
+    } else {
+        "new run"
+    };
     let _ = writeln!(
         s,
-        "Pipeline `{}` ({}) — run {} ({})",
-        p.name,
-        p.file,
-        plan.run_id,
-        if plan.resumed {
-            "resumes an existing run"
-        } else {
-            "new run"
-        }
+        "Pipeline `{}` ({}) — run {} ({how})",
+        p.name, p.file, plan.run_id
     );
     let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "  {:<3} {:<20} {:<10} {:<24} action",
-        "#", "stage", "kind", "needs"
-    );
-    for (i, st) in plan.stages.iter().enumerate() {
-        let needs = if st.needs.is_empty() {
+    let needs_of = |st: &crate::engine::PlannedStage| {
+        if st.needs.is_empty() {
             "—".to_string()
         } else {
             st.needs.join(", ")
-        };
+        }
+    };
+    // Columns as wide as their widest entry.
+    let nw = plan
+        .stages
+        .iter()
+        .map(|st| needs_of(st).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let sw = plan
+        .stages
+        .iter()
+        .map(|st| st.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let _ = writeln!(
+        s,
+        "  {:<3} {:<sw$} {:<10} {:<nw$} action",
+        "#", "stage", "kind", "needs"
+    );
+    for (i, st) in plan.stages.iter().enumerate() {
         let action = match &st.action {
             Action::Run => "run".to_string(),
             Action::Reuse { from_run } => format!("reuse outputs of run {from_run}"),
@@ -234,12 +287,11 @@ pub fn plan_table(p: &Pipeline, plan: &Plan) -> String {
         };
         let _ = writeln!(
             s,
-            "  {:<3} {:<20} {:<10} {:<24} {}",
+            "  {:<3} {:<sw$} {:<10} {:<nw$} {action}",
             i + 1,
             st.name,
             st.kind,
-            needs,
-            action
+            needs_of(st)
         );
     }
     s

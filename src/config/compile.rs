@@ -820,6 +820,62 @@ fn compile_stages(
                 }
                 StageKind::Train { model: p.model }
             }),
+            "score" => de::<ScoreParams>(params, &path, problems).map(|p| {
+                check_datasets(std::slice::from_ref(&p.dataset), problems);
+                let names = p.models.unwrap_or_else(|| models.keys().cloned().collect());
+                for m in &names {
+                    match models.get(m) {
+                        None => problems.push(format!("{path}.models: unknown model `{m}`")),
+                        Some(model) => {
+                            if let Some(ds) = datasets.get(&p.dataset) {
+                                for f in model.features.iter().filter(|f| ds.column(f).is_none()) {
+                                    problems.push(format!(
+                                        "{path}: model `{m}` needs feature `{f}`, which `{}` does not declare",
+                                        p.dataset
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                StageKind::Score { dataset: p.dataset, models: names }
+            }),
+            "drift" => de::<DriftParams>(params, &path, problems).map(|p| {
+                check_datasets(&[p.reference.clone(), p.current.clone()], problems);
+                let (r, c) = (datasets.get(&p.reference), datasets.get(&p.current));
+                let features = match (&p.features, r, c) {
+                    (Some(f), Some(r), Some(c)) => {
+                        for x in f {
+                            if r.column(x).is_none() || c.column(x).is_none() {
+                                problems.push(format!(
+                                    "{path}.features: `{x}` is not declared in both `{}` and `{}`",
+                                    p.reference, p.current
+                                ));
+                            }
+                        }
+                        f.clone()
+                    }
+                    (None, Some(r), Some(c)) => {
+                        let mut f: Vec<String> = Vec::new();
+                        for m in models.values() {
+                            for x in &m.features {
+                                if r.column(x).is_some() && c.column(x).is_some() && !f.contains(x) {
+                                    f.push(x.clone());
+                                }
+                            }
+                        }
+                        f
+                    }
+                    _ => Vec::new(),
+                };
+                StageKind::Drift {
+                    reference: p.reference,
+                    current: p.current,
+                    features,
+                    ks_threshold: p.ks_threshold.unwrap_or(0.1),
+                    psi_threshold: p.psi_threshold.unwrap_or(0.2),
+                }
+            }),
             other => {
                 problems.push(format!(
                     "{path}.kind: unknown stage kind `{other}`{} (this build knows: {})",
@@ -867,6 +923,23 @@ fn compile_stages(
                 }
                 StageKind::Train { .. } if !upstream_kind(i, "prepare") => problems.push(format!(
                     "stages.{}: a train stage needs a prepare stage upstream",
+                    st.name
+                )),
+                StageKind::Score { models: ms, .. } => {
+                    for m in ms {
+                        let trained = dag.ancestors(i).into_iter().any(
+                            |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),
+                        );
+                        if !trained {
+                            problems.push(format!(
+                                "stages.{}: no train stage for model `{m}` runs before it; add it to `needs`",
+                                st.name
+                            ));
+                        }
+                    }
+                }
+                StageKind::Drift { .. } if !upstream_kind(i, "validate") => problems.push(format!(
+                    "stages.{}: a drift stage needs a validate stage upstream",
                     st.name
                 )),
                 _ => {}

@@ -164,10 +164,30 @@ pub struct Quality {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StageKind {
-    Load { datasets: Vec<String> },
-    Validate { datasets: Vec<String> },
-    Prepare { dataset: String, holdout: f64 },
-    Train { model: String },
+    Load {
+        datasets: Vec<String>,
+    },
+    Validate {
+        datasets: Vec<String>,
+    },
+    Prepare {
+        dataset: String,
+        holdout: f64,
+    },
+    Train {
+        model: String,
+    },
+    Score {
+        dataset: String,
+        models: Vec<String>,
+    },
+    Drift {
+        reference: String,
+        current: String,
+        features: Vec<String>,
+        ks_threshold: f64,
+        psi_threshold: f64,
+    },
 }
 
 impl StageKind {
@@ -177,11 +197,14 @@ impl StageKind {
             StageKind::Validate { .. } => "validate",
             StageKind::Prepare { .. } => "prepare",
             StageKind::Train { .. } => "train",
+            StageKind::Score { .. } => "score",
+            StageKind::Drift { .. } => "drift",
         }
     }
 
     /// The kinds this build knows, for messages.
-    pub const KNOWN: &'static [&'static str] = &["load", "validate", "prepare", "train"];
+    pub const KNOWN: &'static [&'static str] =
+        &["load", "validate", "prepare", "train", "score", "drift"];
 }
 
 /// What a model predicts.

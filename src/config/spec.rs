@@ -252,3 +252,31 @@ pub struct PrepareParams {
 pub struct TrainParams {
     pub model: String,
 }
+
+/// Parameters of a `score` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ScoreParams {
+    /// The validated dataset to score.
+    pub dataset: String,
+    /// Models to apply (default: every declared model).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+/// Parameters of a `drift` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DriftParams {
+    /// The training reference (its clean rows).
+    pub reference: String,
+    /// The dataset compared with it (its clean rows).
+    pub current: String,
+    /// Features compared (default: every model feature present in both datasets).
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// A numeric feature or a prediction drifts when its KS statistic exceeds this (default 0.1).
+    #[serde(default)]
+    pub ks_threshold: Option<f64>,
+    /// A categorical feature drifts when its PSI exceeds this (default 0.2).
+    #[serde(default)]
+    pub psi_threshold: Option<f64>,
+}

@@ -529,7 +529,10 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
             for i in ready {
                 pending.retain(|&x| x != i);
                 let st = p.stages[i].clone();
-                let upstream: HashMap<String, StageRecord> = p.dag.deps[i]
+                // Every ancestor's record: a stage may read outputs from further up the DAG.
+                let upstream: HashMap<String, StageRecord> = p
+                    .dag
+                    .ancestors(i)
                     .iter()
                     .map(|&d| {
                         (

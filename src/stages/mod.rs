@@ -1,8 +1,10 @@
 //! The stage kinds. The engine knows them only through this module: what each reads, the part
 //! of the configuration its outputs depend on, and how to execute it.
 
+pub mod drift;
 pub mod load;
 pub mod prepare;
+pub mod score;
 pub mod train;
 pub mod validate;
 
@@ -33,6 +35,24 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
         StageKind::Validate { datasets } => validate::run(ctx, datasets).await,
         StageKind::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
         StageKind::Train { model } => train::run(ctx, model).await,
+        StageKind::Score { dataset, models } => score::run(ctx, dataset, models).await,
+        StageKind::Drift {
+            reference,
+            current,
+            features,
+            ks_threshold,
+            psi_threshold,
+        } => {
+            drift::run(
+                ctx,
+                reference,
+                current,
+                features,
+                *ks_threshold,
+                *psi_threshold,
+            )
+            .await
+        }
     }
 }
 
@@ -40,9 +60,11 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
 pub fn datasets_read(st: &Stage) -> Vec<String> {
     match &st.kind {
         StageKind::Load { datasets } => datasets.clone(),
-        StageKind::Validate { .. } | StageKind::Prepare { .. } | StageKind::Train { .. } => {
-            Vec::new()
-        }
+        StageKind::Validate { .. }
+        | StageKind::Prepare { .. }
+        | StageKind::Train { .. }
+        | StageKind::Score { .. }
+        | StageKind::Drift { .. } => Vec::new(),
     }
 }
 
@@ -53,6 +75,8 @@ pub fn kind_version(st: &Stage) -> u32 {
         StageKind::Validate { .. } => 1,
         StageKind::Prepare { .. } => 1,
         StageKind::Train { .. } => 1,
+        StageKind::Score { .. } => 1,
+        StageKind::Drift { .. } => 1,
     }
 }
 
@@ -83,6 +107,10 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
         StageKind::Train { model } => {
             serde_json::json!({ "kind": st.kind, "model": p.models[model] })
         }
+        StageKind::Score { dataset, .. } => {
+            serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })
+        }
+        StageKind::Drift { .. } => serde_json::json!({ "kind": st.kind }),
     }
 }
 

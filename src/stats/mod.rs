@@ -1,6 +1,7 @@
 //! Statistics: quantiles and fences shared by the checks and the generator, and the two-sample
 //! Kolmogorov–Smirnov test of the drift stage ([`ks`], with the distributions in [`kolmogorov`]).
 
+pub mod categorical;
 pub mod kolmogorov;
 pub mod ks;
 

@@ -2,6 +2,7 @@
 //! a temporary folder holding a copy of the default pipeline, or the library directly.
 
 mod common;
+mod drift;
 mod formats;
 mod generate;
 mod models;

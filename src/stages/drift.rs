@@ -1,0 +1,187 @@
+//! `drift`: compares the clean rows of `current` with the clean training reference. Numeric
+//! features: the two-sample KS test (statistic and p-value as scipy's `ks_2samp`); categorical
+//! features: PSI and the chi-square test of the category counts. Predictions: KS between each
+//! model's scores of `current` (from a score stage before this one) and its holdout predictions.
+//! A feature or prediction drifts when its KS statistic exceeds `ks_threshold` (0.1, the seeds'
+//! threshold) or its PSI exceeds `psi_threshold`; the dataset drifts when any does.
+//! Writes `drift.json`.
+
+use std::collections::BTreeMap;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Float64Type};
+use arrow::record_batch::RecordBatch;
+use rayon::prelude::*;
+
+use super::StageDone;
+use crate::engine::context::StageCtx;
+use crate::error::{Error, Result};
+use crate::stats::{categorical, ks};
+
+fn numbers(b: &RecordBatch, col: &str) -> Option<Vec<f64>> {
+    let a = b.column_by_name(col)?;
+    let f = arrow::compute::cast(a, &DataType::Float64).ok()?;
+    let mut v: Vec<f64> = f
+        .as_primitive::<Float64Type>()
+        .iter()
+        .flatten()
+        .filter(|x| !x.is_nan())
+        .collect();
+    v.par_sort_unstable_by(f64::total_cmp);
+    Some(v)
+}
+
+fn counts(
+    r: &RecordBatch,
+    c: &RecordBatch,
+    col: &str,
+) -> Option<(Vec<String>, Vec<u64>, Vec<u64>)> {
+    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (b, side) in [(r, 0), (c, 1)] {
+        let a = b.column_by_name(col)?;
+        let s = arrow::compute::cast(a, &DataType::Utf8).ok()?;
+        for v in s.as_string::<i32>().iter() {
+            let e = m.entry(v.unwrap_or("(null)").to_string()).or_default();
+            if side == 0 {
+                e.0 += 1
+            } else {
+                e.1 += 1
+            }
+        }
+    }
+    let cats: Vec<String> = m.keys().cloned().collect();
+    Some((
+        cats,
+        m.values().map(|v| v.0).collect(),
+        m.values().map(|v| v.1).collect(),
+    ))
+}
+
+pub async fn run(
+    ctx: &StageCtx,
+    reference: &str,
+    current: &str,
+    features: &[String],
+    ks_threshold: f64,
+    psi_threshold: f64,
+) -> Result<StageDone> {
+    let clean = |d: &str| -> Result<crate::engine::manifest::OutputRecord> {
+        let name = format!("{d}.clean");
+        ctx.upstream
+            .values()
+            .find_map(|r| r.output(&name).cloned())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "stage `{}` compares `{d}`, but no stage before it produces `{name}`",
+                    ctx.stage.name
+                ))
+            })
+    };
+    let r = ctx.read_table(&clean(reference)?).await?;
+    let c = ctx.read_table(&clean(current)?).await?;
+    ctx.progress
+        .set_message(format!("comparing {} features", features.len()));
+    let ds = ctx.pipeline().datasets[reference].clone();
+    let feats = features.to_vec();
+    let (rr, cc) = (r.clone(), c.clone());
+    let results: Vec<(String, serde_json::Value, bool)> = tokio::task::spawn_blocking(move || {
+        feats
+            .par_iter()
+            .map(|f| {
+                let numeric = ds.column(f).is_some_and(|col| col.ty.is_numeric());
+                if numeric {
+                    let (a, b) = (numbers(&rr, f).unwrap_or_default(), numbers(&cc, f).unwrap_or_default());
+                    match ks::ks_2samp_sorted(&a, &b) {
+                        Some(k) => {
+                            let drifted = k.statistic > ks_threshold;
+                            (f.clone(), serde_json::json!({ "type": "numeric", "ks": k.statistic, "p_value": k.p_value, "exact": k.exact, "drifted": drifted }), drifted)
+                        }
+                        None => (f.clone(), serde_json::json!({ "type": "numeric", "error": "no values on one side" }), false),
+                    }
+                } else {
+                    let (cats, a, b) = counts(&rr, &cc, f).unwrap_or_default();
+                    let psi = categorical::psi(&a, &b);
+                    let chi = categorical::chi2_contingency(&a, &b);
+                    let drifted = psi > psi_threshold;
+                    (
+                        f.clone(),
+                        serde_json::json!({
+                            "type": "categorical", "psi": psi, "chi2": chi.map(|x| x.statistic), "p_value": chi.map(|x| x.p_value),
+                            "dof": chi.map(|x| x.dof), "categories": cats, "reference_counts": a, "current_counts": b, "drifted": drifted,
+                        }),
+                        drifted,
+                    )
+                }
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Infra(format!("drift tests panicked: {e}")))?;
+
+    // Prediction drift: current scores against holdout predictions, per model.
+    let mut predictions = serde_json::Map::new();
+    let mut drifted_predictions = Vec::new();
+    if let Some(score) = ctx
+        .upstream
+        .values()
+        .find(|r| r.kind == "score" && r.output("scores").is_some())
+    {
+        let scores = ctx.read_table(score.output("scores").unwrap()).await?;
+        for (stage, rec) in ctx.upstream.iter().filter(|(_, r)| r.kind == "train") {
+            let Some(model) = rec.summary.get("model").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let (Some(hold), Some(_)) = (rec.output("holdout"), scores.column_by_name(model))
+            else {
+                continue;
+            };
+            let h = ctx.read_table(hold).await?;
+            let a = numbers(&h, "prediction").unwrap_or_default();
+            let b = numbers(&scores, model).unwrap_or_default();
+            if let Some(k) = ks::ks_2samp_sorted(&a, &b) {
+                let drifted = k.statistic > ks_threshold;
+                if drifted {
+                    drifted_predictions.push(model.to_string());
+                }
+                predictions.insert(model.to_string(), serde_json::json!({ "ks": k.statistic, "p_value": k.p_value, "drifted": drifted, "train_stage": stage }));
+            }
+        }
+    }
+    let drifted_features: Vec<String> = results
+        .iter()
+        .filter(|x| x.2)
+        .map(|x| x.0.clone())
+        .collect();
+    for (f, v, d) in &results {
+        if *d {
+            tracing::warn!(stage = %ctx.stage.name, feature = %f, result = %v, "feature drift");
+        }
+    }
+    let dataset_drift = !drifted_features.is_empty() || !drifted_predictions.is_empty();
+    let max_ks = results
+        .iter()
+        .filter_map(|x| x.1.get("ks").and_then(|v| v.as_f64()))
+        .fold(0.0, f64::max);
+    let doc = serde_json::json!({
+        "reference": { "dataset": reference, "rows": r.num_rows() },
+        "current": { "dataset": current, "rows": c.num_rows() },
+        "ks_threshold": ks_threshold,
+        "psi_threshold": psi_threshold,
+        "features": results.iter().map(|x| (x.0.clone(), x.1.clone())).collect::<serde_json::Map<_, _>>(),
+        "predictions": predictions,
+        "drifted_features": drifted_features,
+        "drifted_predictions": drifted_predictions,
+        "dataset_drift": dataset_drift,
+        "max_feature_ks": max_ks,
+    });
+    ctx.write_json("drift", "drift.json", &doc).await?;
+    Ok(StageDone {
+        summary: serde_json::json!({
+            "dataset_drift": dataset_drift,
+            "drifted_features": doc["drifted_features"],
+            "drifted_predictions": doc["drifted_predictions"],
+            "max_feature_ks": max_ks,
+        }),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,122 @@
+//! `score`: applies every trained model to the validated rows of a dataset (the seeds' "results
+//! table"). Writes `scores.parquet`: the key columns, one prediction column per model
+//! (probabilities for binary models), one version column per model, and `scored_at`. Categories
+//! a model never saw in training are scored with the shared "other" code and counted.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+
+use super::StageDone;
+use crate::engine::context::StageCtx;
+use crate::error::{Error, Result};
+use crate::model::Artifact;
+
+/// The version recorded for a model until the registry assigns one: the training run and the
+/// first 12 hex characters of the artifact's SHA-256.
+pub fn artifact_version(run: &str, sha256: &str) -> String {
+    format!("{run}:{}", &sha256[..12.min(sha256.len())])
+}
+
+pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<StageDone> {
+    let name = format!("{dataset}.clean");
+    let source = ctx
+        .upstream
+        .values()
+        .find_map(|r| r.output(&name).cloned())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "stage `{}` scores `{dataset}`, but no stage before it produces `{name}`",
+                ctx.stage.name
+            ))
+        })?;
+    let table = ctx.read_table(&source).await?;
+    let keys = ctx.pipeline().datasets[dataset].primary_key.clone();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for k in &keys {
+        let c = table
+            .column_by_name(k)
+            .ok_or_else(|| Error::Data(format!("key `{k}` missing from `{dataset}`")))?;
+        fields.push(Field::new(k, c.data_type().clone(), true));
+        cols.push(c.clone());
+    }
+    let mut summary = serde_json::Map::new();
+    for m in models {
+        let stage = ctx
+            .upstream
+            .iter()
+            .find(|(_, r)| {
+                r.kind == "train"
+                    && r.summary.get("model").and_then(|v| v.as_str()) == Some(m.as_str())
+            })
+            .map(|(s, r)| (s.clone(), r.clone()))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "stage `{}`: no trained model `{m}` before it",
+                    ctx.stage.name
+                ))
+            })?;
+        let out = stage
+            .1
+            .output("model")
+            .cloned()
+            .ok_or_else(|| Error::Data(format!("stage `{}` has no model artifact", stage.0)))?;
+        let artifact: Artifact = ctx.read_json(&out).await?;
+        let t = table.clone();
+        let a = artifact.clone();
+        let (pred, matrix) = tokio::task::spawn_blocking(move || a.predict(&t))
+            .await
+            .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
+            .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
+        let run = stage
+            .1
+            .reused_from
+            .clone()
+            .unwrap_or_else(|| ctx.shared.run_id.clone());
+        let version = artifact_version(&run, &out.sha256);
+        let mean = pred.iter().sum::<f64>() / pred.len().max(1) as f64;
+        let mut s = serde_json::json!({
+            "rows": pred.len(),
+            "mean_prediction": mean,
+            "version": version,
+            "unseen_categories": matrix.unseen,
+            "imputed_values": matrix.imputed,
+        });
+        if artifact.task == crate::config::Task::Binary {
+            s["positive_rate"] = serde_json::json!(
+                pred.iter().filter(|p| **p >= artifact.threshold).count() as f64
+                    / pred.len().max(1) as f64
+            );
+        }
+        if !matrix.unseen.is_empty() {
+            tracing::warn!(stage = %ctx.stage.name, model = %m, unseen = ?matrix.unseen, "categories never seen in training were scored as 'other'");
+        }
+        summary.insert(m.clone(), s);
+        fields.push(Field::new(m, DataType::Float64, false));
+        cols.push(Arc::new(Float64Array::from(pred)));
+        fields.push(Field::new(format!("{m}_version"), DataType::Utf8, false));
+        cols.push(Arc::new(StringArray::from(vec![
+            version.as_str();
+            table.num_rows()
+        ])));
+    }
+    let at = ctx.shared.as_of.timestamp_micros();
+    fields.push(Field::new(
+        "scored_at",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    cols.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![at; table.num_rows()]).with_timezone("UTC"),
+    ));
+    let scores = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Error::Infra(format!("scores table: {e}")))?;
+    ctx.write_table("scores", "scores.parquet", scores).await?;
+    Ok(StageDone {
+        summary: serde_json::json!({ "dataset": dataset, "rows": table.num_rows(), "models": summary }),
+        ..Default::default()
+    })
+}
