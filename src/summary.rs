@@ -227,6 +227,26 @@ fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
                 )
             }
         }
+        "fairness" => {
+            let v = r.summary["violations"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(0);
+            let worst = r.summary["parity"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|a| a.as_object())
+                        .flat_map(|a| a.values().filter_map(|x| x.as_f64()))
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .unwrap_or(f64::NAN);
+            if v == 0 {
+                format!("no violation (lowest parity {worst:.3})")
+            } else {
+                format!("{v} VIOLATION(S) below the threshold (lowest parity {worst:.3})")
+            }
+        }
         "prepare" => format!(
             "{} training rows · {} holdout rows",
             thousands(r.summary["train_rows"].as_u64().unwrap_or(0)),

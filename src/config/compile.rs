@@ -49,7 +49,7 @@ pub fn compile_file(path: &str, ov: &Overrides) -> Result<Pipeline> {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "pipeline", "storage", "run", "datasets", "quality", "models", "stages",
+    "pipeline", "storage", "run", "datasets", "quality", "models", "fairness", "stages",
 ];
 
 /// Compiles the text of a pipeline file.
@@ -83,6 +83,9 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
     };
     let storage: StorageSpec = section("storage")
         .and_then(|v| de(v, "storage", &mut problems))
+        .unwrap_or_default();
+    let fairness_spec: FairnessSpec = section("fairness")
+        .and_then(|v| de(v, "fairness", &mut problems))
         .unwrap_or_default();
     let run: RunSpec = section("run")
         .and_then(|v| de(v, "run", &mut problems))
@@ -141,6 +144,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
     let datasets = compile_datasets(&dataset_specs, &mut problems);
     let quality = compile_quality(&quality_spec, &datasets, &mut problems);
     let models = compile_models(&model_specs, &stage_specs, &datasets, &mut problems);
+    let fairness = compile_fairness(&fairness_spec, &models, &datasets, &mut problems);
     let (stages, dag) = compile_stages(
         &stage_specs,
         &datasets,
@@ -164,6 +168,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         datasets,
         quality,
         models,
+        fairness,
         stages,
         dag,
         resolved,
@@ -738,6 +743,60 @@ fn compile_models(
     out
 }
 
+fn compile_fairness(
+    f: &FairnessSpec,
+    models: &IndexMap<String, Model>,
+    datasets: &IndexMap<String, Dataset>,
+    problems: &mut Vec<String>,
+) -> Fairness {
+    let threshold = f.threshold.unwrap_or(0.8);
+    if !(0.0..=1.0).contains(&threshold) {
+        problems.push(format!(
+            "fairness.threshold: {threshold} must be between 0 and 1"
+        ));
+    }
+    let mut attributes = IndexMap::new();
+    for (name, a) in &f.attributes {
+        // The attribute must exist in every dataset a model trains on.
+        for m in models.values() {
+            if let Some(ds) = datasets.get(&m.dataset) {
+                match ds.column(&a.column) {
+                    None => problems.push(format!(
+                        "fairness.attributes.{name}.column: `{}` is not a declared column of `{}`",
+                        a.column, m.dataset
+                    )),
+                    Some(c) if a.bands.is_some() && !c.ty.is_numeric() => problems.push(format!(
+                        "fairness.attributes.{name}.bands: `{}` is {}, bands need a number",
+                        a.column,
+                        c.ty.name()
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(b) = &a.bands {
+            if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) {
+                problems.push(format!(
+                    "fairness.attributes.{name}.bands: give increasing band edges"
+                ));
+            }
+        }
+        attributes.insert(
+            name.clone(),
+            Attribute {
+                column: a.column.clone(),
+                bands: a.bands.clone(),
+            },
+        );
+    }
+    Fairness {
+        threshold,
+        min_group_size: f.min_group_size.unwrap_or(30),
+        bootstrap: f.bootstrap.unwrap_or(100),
+        attributes,
+    }
+}
+
 fn compile_stages(
     specs: &[(String, StageSpec)],
     datasets: &IndexMap<String, Dataset>,
@@ -876,6 +935,13 @@ fn compile_stages(
                     psi_threshold: p.psi_threshold.unwrap_or(0.2),
                 }
             }),
+            "fairness" => de::<FairnessParams>(params, &path, problems).map(|p| {
+                let names = p.models.unwrap_or_else(|| models.keys().cloned().collect());
+                for m in names.iter().filter(|m| !models.contains_key(*m)) {
+                    problems.push(format!("{path}.models: unknown model `{m}`"));
+                }
+                StageKind::Fairness { models: names }
+            }),
             other => {
                 problems.push(format!(
                     "{path}.kind: unknown stage kind `{other}`{} (this build knows: {})",
@@ -926,6 +992,19 @@ fn compile_stages(
                     st.name
                 )),
                 StageKind::Score { models: ms, .. } => {
+                    for m in ms {
+                        let trained = dag.ancestors(i).into_iter().any(
+                            |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),
+                        );
+                        if !trained {
+                            problems.push(format!(
+                                "stages.{}: no train stage for model `{m}` runs before it; add it to `needs`",
+                                st.name
+                            ));
+                        }
+                    }
+                }
+                StageKind::Fairness { models: ms } => {
                     for m in ms {
                         let trained = dag.ancestors(i).into_iter().any(
                             |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),

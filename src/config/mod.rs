@@ -30,6 +30,7 @@ pub struct Pipeline {
     pub datasets: IndexMap<String, Dataset>,
     pub quality: Quality,
     pub models: IndexMap<String, Model>,
+    pub fairness: Fairness,
     pub stages: Vec<Stage>,
     pub dag: Dag,
     /// The pipeline file's resolved values (after `--set`, `--input` and the environment), as
@@ -188,6 +189,9 @@ pub enum StageKind {
         ks_threshold: f64,
         psi_threshold: f64,
     },
+    Fairness {
+        models: Vec<String>,
+    },
 }
 
 impl StageKind {
@@ -199,12 +203,14 @@ impl StageKind {
             StageKind::Train { .. } => "train",
             StageKind::Score { .. } => "score",
             StageKind::Drift { .. } => "drift",
+            StageKind::Fairness { .. } => "fairness",
         }
     }
 
     /// The kinds this build knows, for messages.
-    pub const KNOWN: &'static [&'static str] =
-        &["load", "validate", "prepare", "train", "score", "drift"];
+    pub const KNOWN: &'static [&'static str] = &[
+        "load", "validate", "prepare", "train", "score", "drift", "fairness",
+    ];
 }
 
 /// What a model predicts.
@@ -282,6 +288,22 @@ pub struct Model {
     pub params: crate::model::gbdt::Params,
     pub gates: Vec<Gate>,
     pub threshold: f64,
+}
+
+/// The fairness settings (SPEC §8).
+#[derive(Debug, Clone, Serialize)]
+pub struct Fairness {
+    pub threshold: f64,
+    pub min_group_size: u64,
+    pub bootstrap: usize,
+    pub attributes: IndexMap<String, Attribute>,
+}
+
+/// A sensitive attribute.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attribute {
+    pub column: String,
+    pub bands: Option<Vec<f64>>,
 }
 
 /// A checked stage.

@@ -280,3 +280,36 @@ pub struct DriftParams {
     #[serde(default)]
     pub psi_threshold: Option<f64>,
 }
+
+/// `[fairness]`: sensitive attributes and the four-fifths rule (SPEC §8).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct FairnessSpec {
+    /// A ratio below this is a violation (default 0.8).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Groups smaller than this are reported but left out of the ratios (default 30).
+    #[serde(default)]
+    pub min_group_size: Option<u64>,
+    /// Bootstrap resamples for the confidence intervals (default 100; 0 turns them off).
+    #[serde(default)]
+    pub bootstrap: Option<usize>,
+    #[serde(default)]
+    pub attributes: IndexMap<String, AttributeSpec>,
+}
+
+/// One sensitive attribute: a column, optionally cut into bands.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AttributeSpec {
+    pub column: String,
+    /// Band edges for a numeric column, e.g. `[25, 35, 45, 55, 65]` gives `<25`, `25-34`, …, `65+`.
+    #[serde(default)]
+    pub bands: Option<Vec<f64>>,
+}
+
+/// Parameters of a `fairness` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct FairnessParams {
+    /// Models to assess (default: every model trained before the stage).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}

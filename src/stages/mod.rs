@@ -2,6 +2,7 @@
 //! of the configuration its outputs depend on, and how to execute it.
 
 pub mod drift;
+pub mod fairness;
 pub mod load;
 pub mod prepare;
 pub mod score;
@@ -36,6 +37,7 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
         StageKind::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
         StageKind::Train { model } => train::run(ctx, model).await,
         StageKind::Score { dataset, models } => score::run(ctx, dataset, models).await,
+        StageKind::Fairness { models } => fairness::run(ctx, models).await,
         StageKind::Drift {
             reference,
             current,
@@ -64,7 +66,8 @@ pub fn datasets_read(st: &Stage) -> Vec<String> {
         | StageKind::Prepare { .. }
         | StageKind::Train { .. }
         | StageKind::Score { .. }
-        | StageKind::Drift { .. } => Vec::new(),
+        | StageKind::Drift { .. }
+        | StageKind::Fairness { .. } => Vec::new(),
     }
 }
 
@@ -77,6 +80,7 @@ pub fn kind_version(st: &Stage) -> u32 {
         StageKind::Train { .. } => 1,
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
+        StageKind::Fairness { .. } => 1,
     }
 }
 
@@ -111,6 +115,9 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
             serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })
         }
         StageKind::Drift { .. } => serde_json::json!({ "kind": st.kind }),
+        StageKind::Fairness { .. } => {
+            serde_json::json!({ "kind": st.kind, "fairness": p.fairness, "seed": p.seed })
+        }
     }
 }
 

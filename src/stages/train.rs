@@ -90,6 +90,7 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         holdout,
         gates,
         rows,
+        selection_threshold,
     } = fitted;
 
     let failed: Vec<String> = gates
@@ -126,6 +127,8 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
             "gate_failures": failed,
             "training_seconds": seconds,
             "rows": { "train": rows.0, "holdout": rows.1 },
+            "task": artifact.task,
+            "selection_threshold": selection_threshold,
         }),
         gate_failures: failed
             .iter()
@@ -141,6 +144,9 @@ struct Fitted {
     holdout: RecordBatch,
     gates: Vec<(String, f64, bool)>,
     rows: (usize, usize),
+    /// What counts as "selected" for fairness: the decision threshold of a binary model, the
+    /// training median of the target for a regression model.
+    selection_threshold: f64,
 }
 
 fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
@@ -213,12 +219,17 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         transform,
         booster,
     };
+    let selection_threshold = match model.task {
+        Task::Binary => model.threshold,
+        Task::Regression => crate::stats::quantile(&mut yt.clone(), 0.5).unwrap_or(0.0),
+    };
     Ok(Fitted {
         artifact,
         metrics,
         holdout,
         gates,
         rows: (train_rows.len(), hold_rows.len()),
+        selection_threshold,
     })
 }
 

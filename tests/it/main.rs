@@ -3,6 +3,7 @@
 
 mod common;
 mod drift;
+mod fairness;
 mod formats;
 mod generate;
 mod models;
