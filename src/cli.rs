@@ -42,6 +42,31 @@ pub enum Command {
     Validate(PipelineArgs),
     /// Generate synthetic customer data (and truth.json).
     Generate(GenerateArgs),
+    /// The model registry: list, show, promote, rollback.
+    Registry(RegistryArgs),
+    /// The daily model health check; exits 1 when a model is unhealthy.
+    Health(PipelineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The pipeline file (for the registry root).
+    #[arg(long, default_value = DEFAULT_PIPELINE, global = true)]
+    pub pipeline: String,
+    #[command(subcommand)]
+    pub command: RegistryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Every model with its production version and versions.
+    List,
+    /// One model's state (MODEL) or one version's document (MODEL@VERSION).
+    Show { target: String },
+    /// Make a version production by hand.
+    Promote { model: String, version: u32 },
+    /// Put back the version that was production before the current one.
+    Rollback { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +271,122 @@ async fn dispatch(cmd: Command, json: bool) -> Result<i32> {
                     .collect::<Vec<_>>()
                     .join(" → ")
             );
+            Ok(0)
+        }
+        Command::Health(a) => {
+            let p = config::compile_file(&a.pipeline, &overrides(&a)?)?;
+            let reg = crate::registry::Registry::open(&p.storage.registry)?;
+            let artifacts = crate::storage::Store::open(&p.storage.artifacts)?;
+            let observed = crate::health::observed_from_latest(&artifacts).await?;
+            let now = p.as_of.unwrap_or_else(chrono::Utc::now);
+            let report = crate::health::evaluate(&p, &reg, &observed, now).await?;
+            let healthy = report.iter().all(|h| h.healthy);
+            let doc = serde_json::json!({ "checked_at": now.to_rfc3339(), "healthy": healthy, "models": report });
+            artifacts.put_json("health/latest.json", &doc).await?;
+            for h in &report {
+                let state = if h.healthy {
+                    "healthy".to_string()
+                } else {
+                    format!("UNHEALTHY — retraining is due: {}", h.reasons.join("; "))
+                };
+                println!(
+                    "{:<14} {:<16} {state}",
+                    h.model,
+                    h.production.as_deref().unwrap_or("(no production)")
+                );
+                for (k, c) in &h.checks {
+                    println!(
+                        "    {:<10} {} {}",
+                        k,
+                        if c.passed { "ok  " } else { "FAIL" },
+                        c.detail
+                    );
+                }
+                if !h.healthy {
+                    tracing::error!(model = %h.model, reasons = %h.reasons.join("; "), "model unhealthy: retraining is due");
+                }
+            }
+            if healthy {
+                Ok(0)
+            } else {
+                Err(Error::CheckFailed(format!(
+                    "{} of {} models unhealthy; retrain with `mlpipe run` (see {})",
+                    report.iter().filter(|h| !h.healthy).count(),
+                    report.len(),
+                    artifacts.url_of("health/latest.json")
+                )))
+            }
+        }
+        Command::Registry(a) => {
+            let p = config::compile_file(
+                &a.pipeline,
+                &Overrides {
+                    env: true,
+                    ..Default::default()
+                },
+            )?;
+            let reg = crate::registry::Registry::open(&p.storage.registry)?;
+            match a.command {
+                RegistryCommand::List => {
+                    println!(
+                        "{:<16} {:<12} {:<10} latest",
+                        "model", "production", "versions"
+                    );
+                    for m in reg.models().await? {
+                        let st = reg.state(&m).await?;
+                        let latest = st
+                            .versions
+                            .values()
+                            .last()
+                            .map(|v| format!("v{} {:?}", v.version, v.status).to_lowercase())
+                            .unwrap_or_default();
+                        let prod = st
+                            .production
+                            .map(|v| format!("v{v}"))
+                            .unwrap_or_else(|| "—".into());
+                        println!("{:<16} {:<12} {:<10} {latest}", m, prod, st.versions.len());
+                    }
+                }
+                RegistryCommand::Show { target } => {
+                    let (m, v) = match target.split_once('@') {
+                        Some((m, v)) => (
+                            m.to_string(),
+                            Some(v.trim_start_matches('v').parse::<u32>().map_err(|_| {
+                                Error::Usage(format!("`{v}` is not a version number"))
+                            })?),
+                        ),
+                        None => (target.clone(), None),
+                    };
+                    let st = reg.state(&m).await?;
+                    if st.versions.is_empty() {
+                        return Err(Error::Usage(format!(
+                            "no model `{m}` in the registry at {}",
+                            p.storage.registry
+                        )));
+                    }
+                    let out = match v {
+                        Some(v) => serde_json::to_value(st.versions.get(&v).ok_or_else(|| {
+                            Error::Usage(format!("model `{m}` has no version {v}"))
+                        })?)?,
+                        None => serde_json::to_value(&st)?,
+                    };
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                RegistryCommand::Promote { model, version } => {
+                    let st = reg.promote(&model, version, "promoted by hand").await?;
+                    println!(
+                        "{model}: production is v{}",
+                        st.production.unwrap_or(version)
+                    );
+                }
+                RegistryCommand::Rollback { model } => {
+                    let st = reg.rollback(&model).await?;
+                    println!(
+                        "{model}: rolled back; production is v{}",
+                        st.production.unwrap_or_default()
+                    );
+                }
+            }
             Ok(0)
         }
         Command::Generate(a) => {

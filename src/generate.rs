@@ -316,7 +316,7 @@ fn gen_chunk(seed: u64, stream: u64, start: usize, n: usize, labelled: bool, dri
             let logit = -1.9 - 1.25 * f
                 + 0.45 * (c.support_tickets_90d[r] as f64 - 0.8)
                 + 0.7 * c.payment_failures_90d[r] as f64
-                + 0.6 * f64::from(young)
+                + 0.3 * f64::from(young)
                 - 0.015 * (c.tenure_months[r] as f64 - 26.0)
                 + 0.35 * f64::from(plan_i == 0);
             let p = sigmoid(logit);

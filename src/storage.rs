@@ -198,6 +198,24 @@ impl Store {
         Ok(())
     }
 
+    /// Creates an object only if none exists at `rel` (a create-only, conditional put): `true`
+    /// when this call created it, `false` when it was already there.
+    pub async fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool> {
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .inner
+            .put_opts(&self.path(rel), PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(Error::Storage(format!(
+                "cannot write {}: {e}",
+                self.url_of(rel)
+            ))),
+        }
+    }
+
     /// Writes a value as pretty JSON.
     pub async fn put_json<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<()> {
         let mut v = serde_json::to_vec_pretty(value)?;

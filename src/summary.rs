@@ -227,6 +227,37 @@ fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
                 )
             }
         }
+        "register" => r.summary["models"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{} {}",
+                            v["model_id"].as_str().unwrap_or(k),
+                            v["status"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            })
+            .unwrap_or_default(),
+        "health" => {
+            if r.summary["healthy"] == serde_json::Value::Bool(true) {
+                "all production models healthy".into()
+            } else {
+                let bad: Vec<String> = r.summary["models"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, v)| v["healthy"] == false)
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("RETRAINING DUE: {}", bad.join(", "))
+            }
+        }
         "fairness" => {
             let v = r.summary["violations"]
                 .as_array()

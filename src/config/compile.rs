@@ -942,6 +942,19 @@ fn compile_stages(
                 }
                 StageKind::Fairness { models: names }
             }),
+            "health" => de::<toml::Table>(params, &path, problems).map(|t| {
+                for k in t.keys() {
+                    problems.push(format!("{path}.{k}: unknown key"));
+                }
+                StageKind::Health
+            }),
+            "register" => de::<RegisterParams>(params, &path, problems).map(|p| {
+                let names = p.models.unwrap_or_else(|| models.keys().cloned().collect());
+                for m in names.iter().filter(|m| !models.contains_key(*m)) {
+                    problems.push(format!("{path}.models: unknown model `{m}`"));
+                }
+                StageKind::Register { models: names }
+            }),
             other => {
                 problems.push(format!(
                     "{path}.kind: unknown stage kind `{other}`{} (this build knows: {})",
@@ -1004,7 +1017,7 @@ fn compile_stages(
                         }
                     }
                 }
-                StageKind::Fairness { models: ms } => {
+                StageKind::Fairness { models: ms } | StageKind::Register { models: ms } => {
                     for m in ms {
                         let trained = dag.ancestors(i).into_iter().any(
                             |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),

@@ -192,6 +192,10 @@ pub enum StageKind {
     Fairness {
         models: Vec<String>,
     },
+    Register {
+        models: Vec<String>,
+    },
+    Health,
 }
 
 impl StageKind {
@@ -204,12 +208,14 @@ impl StageKind {
             StageKind::Score { .. } => "score",
             StageKind::Drift { .. } => "drift",
             StageKind::Fairness { .. } => "fairness",
+            StageKind::Register { .. } => "register",
+            StageKind::Health => "health",
         }
     }
 
     /// The kinds this build knows, for messages.
     pub const KNOWN: &'static [&'static str] = &[
-        "load", "validate", "prepare", "train", "score", "drift", "fairness",
+        "load", "validate", "prepare", "train", "score", "drift", "fairness", "register", "health",
     ];
 }
 

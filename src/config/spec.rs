@@ -306,6 +306,14 @@ pub struct AttributeSpec {
     pub bands: Option<Vec<f64>>,
 }
 
+/// Parameters of a `register` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RegisterParams {
+    /// Models to register (default: every model trained before the stage).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
 /// Parameters of a `fairness` stage.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FairnessParams {

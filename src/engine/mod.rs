@@ -583,10 +583,10 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
             .filter_map(|v| v.as_str().map(String::from))
             .collect();
         if !failures.is_empty() {
-            first_error = Some((usize::MAX, Error::CheckFailed(format!(
-                "{}; the model is not promoted — look at its metrics.json, or change the gate in the pipeline file",
-                failures.join("; ")
-            ))));
+            first_error = Some((
+                usize::MAX,
+                Error::CheckFailed(format!("{}", failures.join("; "))),
+            ));
         }
     }
     // Whatever could not start because something failed is skipped.

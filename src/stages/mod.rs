@@ -3,8 +3,10 @@
 
 pub mod drift;
 pub mod fairness;
+pub mod health;
 pub mod load;
 pub mod prepare;
+pub mod register;
 pub mod score;
 pub mod train;
 pub mod validate;
@@ -38,6 +40,8 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
         StageKind::Train { model } => train::run(ctx, model).await,
         StageKind::Score { dataset, models } => score::run(ctx, dataset, models).await,
         StageKind::Fairness { models } => fairness::run(ctx, models).await,
+        StageKind::Register { models } => register::run(ctx, models).await,
+        StageKind::Health => health::run(ctx).await,
         StageKind::Drift {
             reference,
             current,
@@ -67,7 +71,9 @@ pub fn datasets_read(st: &Stage) -> Vec<String> {
         | StageKind::Train { .. }
         | StageKind::Score { .. }
         | StageKind::Drift { .. }
-        | StageKind::Fairness { .. } => Vec::new(),
+        | StageKind::Fairness { .. }
+        | StageKind::Register { .. }
+        | StageKind::Health => Vec::new(),
     }
 }
 
@@ -81,6 +87,8 @@ pub fn kind_version(st: &Stage) -> u32 {
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
         StageKind::Fairness { .. } => 1,
+        StageKind::Register { .. } => 1,
+        StageKind::Health => 1,
     }
 }
 
@@ -117,6 +125,14 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
         StageKind::Drift { .. } => serde_json::json!({ "kind": st.kind }),
         StageKind::Fairness { .. } => {
             serde_json::json!({ "kind": st.kind, "fairness": p.fairness, "seed": p.seed })
+        }
+        // Unchanged inputs: the earlier registration stands (no duplicate versions).
+        StageKind::Register { .. } => {
+            serde_json::json!({ "kind": st.kind, "registry": p.storage.registry, "fairness_threshold": p.fairness.threshold })
+        }
+        // The registry can change between runs (promote, rollback): check every time.
+        StageKind::Health => {
+            serde_json::json!({ "kind": st.kind, "nonce": crate::engine::new_run_id() })
         }
     }
 }

@@ -132,7 +132,7 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         }),
         gate_failures: failed
             .iter()
-            .map(|f| format!("model `{model_name}` failed gate {f}"))
+            .map(|f| format!("model `{model_name}` failed gate {f}; it will not be promoted (see its metrics.json, or change the gate)"))
             .collect(),
         ..Default::default()
     })

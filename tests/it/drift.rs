@@ -19,8 +19,14 @@ fn drift_is_flagged_on_shifted_features_and_predictions_only() {
     ]);
     let truth: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.path("data/truth.json")).unwrap()).unwrap();
-    let out = p.ok(&["run", "--as-of", AS_OF, "--run-id", "d"]);
-    assert!(out.contains("DRIFT"), "{out}");
+    // Drift makes the health check fail: the run completes and exits 1.
+    let o = p.mlpipe(&["run", "--as-of", AS_OF, "--run-id", "d"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("DRIFT") && out.contains("RETRAINING DUE"),
+        "{out}"
+    );
     let d = drift_doc(&p, "d");
     let mut flagged: Vec<String> = d["drifted_features"]
         .as_array()

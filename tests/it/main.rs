@@ -9,4 +9,5 @@ mod generate;
 mod models;
 mod pipeline_file;
 mod quality;
+mod registry;
 mod run;
