@@ -234,17 +234,22 @@ pub async fn observed_from_latest(artifacts: &crate::storage::Store) -> Result<O
         .values()
         .find(|r| r.kind == "score" && r.status.is_done())
     {
-        let rows = rec.summary["rows"].as_f64().unwrap_or(0.0);
-        if let (Some(secs), Some(models)) = (rec.duration_s, rec.summary["models"].as_object()) {
-            if rows > 0.0 {
-                for name in models.keys() {
-                    o.inference_ms_per_1k.insert(
-                        name.clone(),
-                        secs * 1000.0 / rows * 1000.0 / models.len() as f64,
-                    );
-                }
-            }
-        }
+        o.inference_ms_per_1k = inference_speed(rec);
     }
     Ok(o)
+}
+
+/// Scoring time per 1 000 rows and model, from a score stage's record (empty when it was reused:
+/// its time was not measured in that run).
+pub fn inference_speed(
+    rec: &crate::engine::manifest::StageRecord,
+) -> std::collections::BTreeMap<String, f64> {
+    let rows = rec.summary["rows"].as_f64().unwrap_or(0.0);
+    match (rec.duration_s, rec.summary["models"].as_object()) {
+        (Some(secs), Some(models)) if rows > 0.0 && rec.reused_from.is_none() => models
+            .keys()
+            .map(|name| (name.clone(), secs * 1e6 / rows / models.len() as f64))
+            .collect(),
+        _ => Default::default(),
+    }
 }

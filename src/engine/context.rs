@@ -150,6 +150,30 @@ impl StageCtx {
         })
     }
 
+    /// An output, by name, of any stage before this one in the DAG. The error names the kind of
+    /// stage to add to `needs`.
+    pub fn upstream_output(&self, name: &str, made_by: &str) -> Result<OutputRecord> {
+        self.upstream.values().find_map(|r| r.output(name).cloned()).ok_or_else(|| {
+            Error::Usage(format!(
+                "stage `{}` needs `{name}`, which no stage before it produces; add a {made_by} stage to its `needs`",
+                self.stage.name
+            ))
+        })
+    }
+
+    /// The record of the train stage of `model` that runs before this one.
+    pub fn trained(&self, model: &str) -> Result<(&String, &StageRecord)> {
+        self.upstream
+            .iter()
+            .find(|(_, r)| r.kind == "train" && r.summary.get("model").and_then(|v| v.as_str()) == Some(model))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "stage `{}`: no train stage for model `{model}` runs before it; add it to `needs`",
+                    self.stage.name
+                ))
+            })
+    }
+
     /// Reads a table written by an upstream stage (from the in-process cache when possible).
     pub async fn read_table(&self, out: &OutputRecord) -> Result<Arc<RecordBatch>> {
         if let Some(t) = self.shared.tables.lock().unwrap().get(&out.path) {

@@ -65,18 +65,7 @@ pub async fn run(
     ks_threshold: f64,
     psi_threshold: f64,
 ) -> Result<StageDone> {
-    let clean = |d: &str| -> Result<crate::engine::manifest::OutputRecord> {
-        let name = format!("{d}.clean");
-        ctx.upstream
-            .values()
-            .find_map(|r| r.output(&name).cloned())
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "stage `{}` compares `{d}`, but no stage before it produces `{name}`",
-                    ctx.stage.name
-                ))
-            })
-    };
+    let clean = |d: &str| ctx.upstream_output(&format!("{d}.clean"), "validate");
     let r = ctx.read_table(&clean(reference)?).await?;
     let c = ctx.read_table(&clean(current)?).await?;
     ctx.progress

@@ -86,19 +86,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let mut summary = serde_json::Map::new();
     let mut violations = Vec::new();
     for m in models {
-        let (stage, rec) = ctx
-            .upstream
-            .iter()
-            .find(|(_, r)| {
-                r.kind == "train"
-                    && r.summary.get("model").and_then(|v| v.as_str()) == Some(m.as_str())
-            })
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "stage `{}`: no trained model `{m}` before it",
-                    ctx.stage.name
-                ))
-            })?;
+        let (stage, rec) = ctx.trained(m)?;
         let task: Task =
             serde_json::from_value(rec.summary["task"].clone()).unwrap_or(Task::Binary);
         let threshold = rec.summary["selection_threshold"].as_f64().unwrap_or(0.5);

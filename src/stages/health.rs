@@ -17,19 +17,8 @@ pub async fn run(ctx: &StageCtx) -> Result<StageDone> {
             observed.drift = Some(ctx.read_json(out).await?);
         }
     }
-    if let Some(rec) = ctx
-        .upstream
-        .values()
-        .find(|r| r.kind == "score" && r.reused_from.is_none())
-    {
-        let rows = rec.summary["rows"].as_f64().unwrap_or(0.0);
-        if let (Some(secs), Some(models)) = (rec.duration_s, rec.summary["models"].as_object()) {
-            for name in models.keys().filter(|_| rows > 0.0) {
-                observed
-                    .inference_ms_per_1k
-                    .insert(name.clone(), secs * 1e6 / rows / models.len() as f64);
-            }
-        }
+    if let Some(rec) = ctx.upstream.values().find(|r| r.kind == "score") {
+        observed.inference_ms_per_1k = crate::health::inference_speed(rec);
     }
     let report = evaluate(p, &registry, &observed, ctx.shared.as_of).await?;
     let mut failures = Vec::new();

@@ -78,16 +78,7 @@ pub fn buckets(batch: &RecordBatch, key: &[String]) -> Result<Vec<u8>> {
 
 pub async fn run(ctx: &StageCtx, dataset: &str, holdout: f64) -> Result<StageDone> {
     let name = format!("{dataset}.clean");
-    let source = ctx
-        .upstream
-        .values()
-        .find_map(|r| r.output(&name).cloned())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "stage `{}` prepares `{dataset}`, but no stage it needs produces `{name}`; add the validate stage to its `needs`",
-                ctx.stage.name
-            ))
-        })?;
+    let source = ctx.upstream_output(&name, "validate")?;
     let table = ctx.read_table(&source).await?;
     let key = ctx.pipeline().datasets[dataset].primary_key.clone();
     let b = {

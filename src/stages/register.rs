@@ -56,12 +56,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let mut decisions = serde_json::Map::new();
     for m in models {
         let model = p.models[m].clone();
-        let (stage, rec) = find(ctx, "train", Some(m)).ok_or_else(|| {
-            Error::Usage(format!(
-                "stage `{}`: no trained model `{m}` before it",
-                ctx.stage.name
-            ))
-        })?;
+        let (stage, rec) = ctx.trained(m)?;
         let art_out = rec
             .output("model")
             .cloned()

@@ -22,16 +22,7 @@ pub fn artifact_version(run: &str, sha256: &str) -> String {
 
 pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<StageDone> {
     let name = format!("{dataset}.clean");
-    let source = ctx
-        .upstream
-        .values()
-        .find_map(|r| r.output(&name).cloned())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "stage `{}` scores `{dataset}`, but no stage before it produces `{name}`",
-                ctx.stage.name
-            ))
-        })?;
+    let source = ctx.upstream_output(&name, "validate")?;
     let table = ctx.read_table(&source).await?;
     let keys = ctx.pipeline().datasets[dataset].primary_key.clone();
     let mut fields: Vec<Field> = Vec::new();
@@ -45,20 +36,7 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
     }
     let mut summary = serde_json::Map::new();
     for m in models {
-        let stage = ctx
-            .upstream
-            .iter()
-            .find(|(_, r)| {
-                r.kind == "train"
-                    && r.summary.get("model").and_then(|v| v.as_str()) == Some(m.as_str())
-            })
-            .map(|(s, r)| (s.clone(), r.clone()))
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "stage `{}`: no trained model `{m}` before it",
-                    ctx.stage.name
-                ))
-            })?;
+        let stage = ctx.trained(m).map(|(s, r)| (s.clone(), r.clone()))?;
         let out = stage
             .1
             .output("model")
