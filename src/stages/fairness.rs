@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Float64Type, UInt64Type};
+use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 
@@ -96,22 +96,10 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             })?)
             .await?;
         // The clean rows the model trained on, for the attribute columns.
-        let prep = ctx
-            .upstream
-            .values()
-            .find_map(|r| r.output("prepare").cloned())
-            .ok_or_else(|| Error::Usage("fairness needs a prepare stage before it".into()))?;
+        let prep = ctx.upstream_output("prepare", "prepare")?;
         let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
         let clean = ctx.read_table(&recipe.source).await?;
-        let rows: Vec<u64> = holdout
-            .column_by_name("_row")
-            .unwrap()
-            .as_primitive::<UInt64Type>()
-            .values()
-            .to_vec();
-        let idx = arrow::array::UInt64Array::from(rows.clone());
-        let subset = arrow::compute::take_record_batch(&clean, &idx)
-            .map_err(|e| Error::Infra(e.to_string()))?;
+        let subset = super::train::holdout_rows(&clean, &holdout)?;
         let y: Vec<f64> = holdout
             .column_by_name("target")
             .unwrap()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{Float64Type, UInt64Type};
+use arrow::datatypes::Float64Type;
 
 use super::StageDone;
 use crate::config::Task;
@@ -266,13 +266,7 @@ fn score_on_holdout(
     threshold: f64,
     metric: &str,
 ) -> Result<f64> {
-    let rows = holdout
-        .column_by_name("_row")
-        .ok_or_else(|| Error::Data("holdout has no _row".into()))?
-        .as_primitive::<UInt64Type>();
-    let idx = arrow::array::UInt64Array::from(rows.values().to_vec());
-    let subset =
-        arrow::compute::take_record_batch(clean, &idx).map_err(|e| Error::Infra(e.to_string()))?;
+    let subset = super::train::holdout_rows(clean, holdout)?;
     let (pred, _) = a
         .predict(&subset)
         .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?;

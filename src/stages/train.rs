@@ -20,6 +20,23 @@ use crate::model::gbdt::{self, Objective};
 use crate::model::transform::Transform;
 use crate::model::Artifact;
 
+/// The clean rows a holdout table refers to (its `_row` column), in holdout order.
+pub fn holdout_rows(clean: &RecordBatch, holdout: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::AsArray;
+    let rows = holdout
+        .column_by_name("_row")
+        .ok_or_else(|| {
+            Error::Data(
+                "the holdout table has no `_row` column; re-run its train stage with --force"
+                    .into(),
+            )
+        })?
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    let idx = UInt64Array::from(rows.values().to_vec());
+    arrow::compute::take_record_batch(clean, &idx)
+        .map_err(|e| Error::Infra(format!("holdout rows: {e}")))
+}
+
 /// Holdout metrics of a model.
 pub fn evaluate(
     task: Task,
