@@ -1004,20 +1004,9 @@ fn compile_stages(
                     "stages.{}: a train stage needs a prepare stage upstream",
                     st.name
                 )),
-                StageKind::Score { models: ms, .. } => {
-                    for m in ms {
-                        let trained = dag.ancestors(i).into_iter().any(
-                            |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),
-                        );
-                        if !trained {
-                            problems.push(format!(
-                                "stages.{}: no train stage for model `{m}` runs before it; add it to `needs`",
-                                st.name
-                            ));
-                        }
-                    }
-                }
-                StageKind::Fairness { models: ms } | StageKind::Register { models: ms } => {
+                StageKind::Score { models: ms, .. }
+                | StageKind::Fairness { models: ms }
+                | StageKind::Register { models: ms } => {
                     for m in ms {
                         let trained = dag.ancestors(i).into_iter().any(
                             |a| matches!(&stages[a].kind, StageKind::Train { model } if model == m),

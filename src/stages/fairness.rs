@@ -85,6 +85,10 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let mut doc = serde_json::Map::new();
     let mut summary = serde_json::Map::new();
     let mut violations = Vec::new();
+    // The clean rows the models trained on, for the attribute columns.
+    let prep = ctx.upstream_output("prepare", "prepare")?;
+    let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
+    let clean = ctx.read_table(&recipe.source).await?;
     for m in models {
         let (stage, rec) = ctx.trained(m)?;
         let task: Task =
@@ -95,23 +99,9 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 Error::Data(format!("stage `{stage}` has no holdout predictions"))
             })?)
             .await?;
-        // The clean rows the model trained on, for the attribute columns.
-        let prep = ctx.upstream_output("prepare", "prepare")?;
-        let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
-        let clean = ctx.read_table(&recipe.source).await?;
         let subset = super::train::holdout_rows(&clean, &holdout)?;
-        let y: Vec<f64> = holdout
-            .column_by_name("target")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .values()
-            .to_vec();
-        let p: Vec<f64> = holdout
-            .column_by_name("prediction")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .values()
-            .to_vec();
+        let y: Vec<f64> = super::train::holdout_column(&holdout, "target")?;
+        let p: Vec<f64> = super::train::holdout_column(&holdout, "prediction")?;
         let selected: Vec<bool> = p
             .iter()
             .map(|v| {

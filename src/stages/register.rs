@@ -7,9 +7,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Float64Type;
-
 use super::StageDone;
 use crate::config::Task;
 use crate::engine::context::StageCtx;
@@ -270,12 +267,7 @@ fn score_on_holdout(
     let (pred, _) = a
         .predict(&subset)
         .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?;
-    let y: Vec<f64> = holdout
-        .column_by_name("target")
-        .unwrap()
-        .as_primitive::<Float64Type>()
-        .values()
-        .to_vec();
+    let y: Vec<f64> = super::train::holdout_column(holdout, "target")?;
     let m = super::train::evaluate(task, &y, &pred, threshold)
         .map_err(|e| Error::Data(e.to_string()))?;
     m.get(metric)

@@ -37,6 +37,16 @@ pub fn holdout_rows(clean: &RecordBatch, holdout: &RecordBatch) -> Result<Record
         .map_err(|e| Error::Infra(format!("holdout rows: {e}")))
 }
 
+/// A numeric column of a holdout table (`target` or `prediction`).
+pub fn holdout_column(holdout: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    use arrow::array::AsArray;
+    holdout
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Float64Type>())
+        .map(|c| c.values().to_vec())
+        .ok_or_else(|| Error::Data(format!("the holdout table has no numeric `{name}` column; re-run its train stage with --force")))
+}
+
 /// Holdout metrics of a model.
 pub fn evaluate(
     task: Task,
