@@ -64,10 +64,14 @@ impl Project {
         stdout(&o)
     }
 
+    /// A JSON file of the project, parsed.
+    pub fn json(&self, rel: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
     pub fn manifest(&self, run_id: &str) -> serde_json::Value {
-        let text =
-            std::fs::read_to_string(self.path(&format!("runs/{run_id}/manifest.json"))).unwrap();
-        serde_json::from_str(&text).unwrap()
+        self.json(&format!("runs/{run_id}/manifest.json"))
     }
 
     pub fn latest(&self) -> String {

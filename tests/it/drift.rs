@@ -5,10 +5,7 @@ use arrow::array::{Array, AsArray};
 use crate::common::*;
 
 fn drift_doc(p: &Project, run: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p.path(&format!("runs/{run}/drift/drift.json"))).unwrap(),
-    )
-    .unwrap()
+    p.json(&format!("runs/{run}/drift/drift.json"))
 }
 
 #[test]
@@ -17,8 +14,7 @@ fn drift_is_flagged_on_shifted_features_and_predictions_only() {
     p.ok(&[
         "generate", "--rows", "20000", "--seed", "8", "--drift", "1", "--out", "data",
     ]);
-    let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.path("data/truth.json")).unwrap()).unwrap();
+    let truth: serde_json::Value = p.json("data/truth.json");
     // Drift makes the health check fail: the run completes and exits 1.
     let o = p.mlpipe(&["run", "--as-of", AS_OF, "--run-id", "d"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

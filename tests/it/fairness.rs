@@ -4,10 +4,7 @@
 use crate::common::*;
 
 fn fairness(p: &Project, run: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p.path(&format!("runs/{run}/fairness/fairness.json"))).unwrap(),
-    )
-    .unwrap()
+    p.json(&format!("runs/{run}/fairness/fairness.json"))
 }
 
 #[test]

@@ -141,10 +141,7 @@ fn numbers_written_as_text_are_parsed_and_bad_ones_are_violations() {
     write(&p.path("data/customers/part-00000.parquet"), &b, 1 << 20);
 
     p.ok(&["run", "--as-of", AS_OF, "--run-id", "text"]);
-    let q: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.path("runs/text/validate/quality.json")).unwrap(),
-    )
-    .unwrap();
+    let q: serde_json::Value = p.json("runs/text/validate/quality.json");
     let c = &q["datasets"]["customers"]["checks"];
     assert_eq!(c["schema_violations"]["value"], 3.0);
     assert_eq!(c["schema_violations"]["status"], "warn");

@@ -1,14 +1,12 @@
 //! The prepare and train stages: artifacts that load back, determinism, gates, bad targets.
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 
 use crate::common::*;
 
 fn artifact(p: &Project, run: &str, model: &str) -> mlpipe::model::Artifact {
-    serde_json::from_str(
-        &std::fs::read_to_string(p.path(&format!("runs/{run}/train_{model}/model.json"))).unwrap(),
-    )
-    .unwrap()
+    let path = p.path(&format!("runs/{run}/train_{model}/model.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -25,11 +23,7 @@ fn models_train_pass_their_gates_and_load_back_with_identical_predictions() {
         ("churn", "auc", 0.75),
         ("ltv", "r2", 0.6),
     ] {
-        let m: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(p.path(&format!("runs/m1/train_{model}/metrics.json")))
-                .unwrap(),
-        )
-        .unwrap();
+        let m: serde_json::Value = p.json(&format!("runs/m1/train_{model}/metrics.json"));
         assert!(
             m["metrics"][metric].as_f64().unwrap() >= floor,
             "{model}: {}",

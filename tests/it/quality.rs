@@ -15,7 +15,7 @@ fn generate_defects(p: &Project) -> serde_json::Value {
         "data",
         "--defects",
     ]);
-    serde_json::from_str(&std::fs::read_to_string(p.path("data/truth.json")).unwrap()).unwrap()
+    p.json("data/truth.json")
 }
 
 #[test]
@@ -53,10 +53,7 @@ fn validate_reports_exactly_the_injected_defects() {
         "--set",
         "quality.on_fail=\"continue\"",
     ]);
-    let q: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.path("runs/go/validate/quality.json")).unwrap(),
-    )
-    .unwrap();
+    let q: serde_json::Value = p.json("runs/go/validate/quality.json");
     let c = &q["datasets"]["customers"];
     let checks = &c["checks"];
     assert_eq!(c["rows"], t["rows"]);
@@ -144,10 +141,7 @@ fn freshness_is_measured_against_as_of() {
     let p = Project::new(true);
     // The fixtures' newest update is 2026-11-20T06:00Z minus a few seconds.
     p.ok(&["run", "--as-of", "2026-11-21T05:00:00Z", "--run-id", "day1"]);
-    let q: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.path("runs/day1/validate/quality.json")).unwrap(),
-    )
-    .unwrap();
+    let q: serde_json::Value = p.json("runs/day1/validate/quality.json");
     let f = &q["datasets"]["customers"]["checks"]["freshness"];
     assert_eq!(f["status"], "pass");
     assert!((f["value"].as_f64().unwrap() - 23.0).abs() < 0.01, "{f}");

@@ -4,17 +4,11 @@
 use crate::common::*;
 
 fn version(p: &Project, model: &str, v: u32) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p.path(&format!("models/{model}/v{v}.json"))).unwrap(),
-    )
-    .unwrap()
+    p.json(&format!("models/{model}/v{v}.json"))
 }
 
 fn state(p: &Project, model: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p.path(&format!("models/{model}/state.json"))).unwrap(),
-    )
-    .unwrap()
+    p.json(&format!("models/{model}/state.json"))
 }
 
 #[test]
@@ -238,8 +232,6 @@ fn health_says_retraining_is_due_because_of_drift() {
         out.contains("UNHEALTHY — retraining is due") && out.contains("drift above 0.1"),
         "{out}"
     );
-    let h: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.path("runs/health/latest.json")).unwrap())
-            .unwrap();
+    let h: serde_json::Value = p.json("runs/health/latest.json");
     assert_eq!(h["healthy"], false);
 }
