@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Model quality and training time: mlpipe's boosted trees against LightGBM on the same split.
 
-Usage: compare_lightgbm.py ROWS [--seed S] [--work DIR] [--mlpipe PATH]
+Usage: compare_lightgbm.py ROWS [--seed S] [--work DIR] [--mlpipe PATH] [--perpetual BIN [--budget B]]
 Generates ROWS customers, runs `mlpipe run` on them, then fits LightGBM (200 trees, learning
 rate 0.1, 31 leaves, 255 bins, categorical features as categories: the peer's settings) on the
 very rows mlpipe trained on (its validated clean data), split by the same key hash, and prints
 both holdout metrics side by side. Exits 1 when mlpipe is worse than LightGBM by more than
 0.005 AUC or 0.01 R².
+With --perpetual, also fits the `perpetual` crate on the same rows through tools/perpetual-eval
+(build it with `cargo +nightly build --release` in that folder: perpetual needs nightly Rust) and
+adds its holdout metric and fit time: the measurement behind the booster choice in
+docs/ARCHITECTURE.md.
 Needs: pip install pandas pyarrow scikit-learn lightgbm
 """
 import argparse, hashlib, json, os, subprocess, sys, time
@@ -20,6 +24,10 @@ ap.add_argument("--seed", type=int, default=11)
 ap.add_argument("--work", default="/tmp/mlpipe-compare")
 ap.add_argument("--mlpipe", default="target/release/mlpipe")
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--perpetual", help="path to the built tools/perpetual-eval binary")
+ap.add_argument("--budget", type=float, default=0.5, help="perpetual's budget (its default is 0.5)")
+ap.add_argument("--pp-cats", choices=["native", "codes"], default="native",
+                help="give perpetual the categories as categorical features or as plain integer codes")
 a = ap.parse_args()
 data, runs = f"{a.work}/data{a.rows}", f"{a.work}/runs{a.rows}"
 if not os.path.exists(f"{data}/truth.json"):
@@ -56,9 +64,26 @@ for model, target, kind, metric in [("engagement", "engagement_score", "reg", "r
     tol = 0.005 if metric == "auc" else 0.01
     ok = ours >= lg - tol
     failed |= not ok
-    rows.append((model, metric, ours, lg, ours - lg, ours_s, lg_s, "ok" if ok else "WORSE"))
+    pp = pp_s = float("nan")
+    if a.perpetual:
+        cols = NUM + CAT
+        for name, df in (("train", tr), ("holdout", te)):
+            x = X(df)
+            for c in CAT:
+                x[c] = x[c].cat.codes
+            x[target] = df[target].astype(float)
+            x.to_csv(f"{a.work}/pp_{name}.csv", index=False)
+        cat_idx = ",".join(str(cols.index(c)) for c in CAT) if a.pp_cats == "native" else "-"
+        out = subprocess.run([a.perpetual, f"{a.work}/pp_train.csv", f"{a.work}/pp_holdout.csv", kind, str(a.budget),
+                              cat_idx, f"{a.work}/pp_pred.txt"], check=True, capture_output=True, text=True).stdout
+        pp_s = float(out.split()[0])
+        pred = np.loadtxt(f"{a.work}/pp_pred.txt")
+        pp = r2_score(te[target], pred) if kind == "reg" else roc_auc_score(te[target], pred)
+    rows.append((model, metric, ours, lg, ours - lg, ours_s, lg_s, "ok" if ok else "WORSE", pp, pp_s))
 print(f"{a.rows} customers: {len(tr)} training rows, {len(te)} holdout rows; mlpipe whole run {mlpipe_wall:.2f} s")
-print(f"{'model':<11} {'metric':<6} {'mlpipe':>9} {'lightgbm':>9} {'diff':>8} {'fit_s':>7} {'lgb_fit_s':>9}")
+extra = f" {'perpetual':>9} {'pp_fit_s':>8}" if a.perpetual else ""
+print(f"{'model':<11} {'metric':<6} {'mlpipe':>9} {'lightgbm':>9} {'diff':>8} {'fit_s':>7} {'lgb_fit_s':>9}{extra}")
 for r in rows:
-    print(f"{r[0]:<11} {r[1]:<6} {r[2]:>9.4f} {r[3]:>9.4f} {r[4]:>+8.4f} {r[5]:>7.2f} {r[6]:>9.2f}  {r[7]}")
+    extra = f" {r[8]:>9.4f} {r[9]:>8.2f}" if a.perpetual else ""
+    print(f"{r[0]:<11} {r[1]:<6} {r[2]:>9.4f} {r[3]:>9.4f} {r[4]:>+8.4f} {r[5]:>7.2f} {r[6]:>9.2f}{extra}  {r[7]}")
 sys.exit(1 if failed else 0)

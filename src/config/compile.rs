@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use super::spec::*;
 use super::*;
 use crate::error::{Error, Result};
+use crate::model::Algorithm;
 
 /// Values that override the pipeline file for one invocation.
 #[derive(Debug, Clone, Default)]
@@ -683,23 +684,27 @@ fn compile_models(
                 _ => {}
             }
         }
-        let algorithm = m.algorithm.clone().unwrap_or_else(|| "gbdt".into());
-        if algorithm != "gbdt" {
+        let name_of = m.algorithm.clone().unwrap_or_else(|| "gbdt".into());
+        let algorithm = if !Algorithm::NAMES.contains(&name_of.as_str()) {
             problems.push(format!(
-                "{path}.algorithm: `{algorithm}` is not available (use gbdt)"
+                "{path}.algorithm: `{name_of}` is not an algorithm{} (choose one of {})",
+                suggest(&name_of, Algorithm::NAMES.iter().copied()),
+                Algorithm::NAMES.join(", ")
             ));
-        }
-        let params: crate::model::gbdt::Params = match &m.params {
-            None => Default::default(),
-            Some(t) => de(
-                toml::Value::Table(t.clone()),
-                &format!("{path}.params"),
-                problems,
-            )
-            .unwrap_or_default(),
+            Algorithm::default()
+        } else {
+            let params =
+                serde_json::to_value(m.params.clone().unwrap_or_default()).unwrap_or_default();
+            match Algorithm::from_parts(&name_of, params) {
+                Ok(a) => a,
+                Err(e) => {
+                    problems.push(format!("{path}.params: {e} (for algorithm `{name_of}`)"));
+                    Algorithm::default()
+                }
+            }
         };
-        for e in params.check() {
-            problems.push(format!("{path}.params: {e}"));
+        for e in algorithm.check(task) {
+            problems.push(format!("{path}.{e}"));
         }
         let mut gates = Vec::new();
         for g in &m.gates {
@@ -734,7 +739,6 @@ fn compile_models(
                 positive_label: m.positive_label.clone(),
                 features: m.features.clone(),
                 algorithm,
-                params,
                 gates,
                 threshold,
             },

@@ -290,8 +290,8 @@ pub struct Model {
     pub target: String,
     pub positive_label: Option<String>,
     pub features: Vec<String>,
-    pub algorithm: String,
-    pub params: crate::model::gbdt::Params,
+    /// The algorithm and its parameters.
+    pub algorithm: crate::model::Algorithm,
     pub gates: Vec<Gate>,
     pub threshold: f64,
 }

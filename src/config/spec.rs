@@ -221,10 +221,11 @@ pub struct ModelSpec {
     #[serde(default)]
     pub positive_label: Option<String>,
     pub features: Vec<String>,
-    /// `gbdt` (default).
+    /// `gbdt` (default), `linear`, `logistic` or `random_forest`.
     #[serde(default)]
     pub algorithm: Option<String>,
-    /// Algorithm parameters (for gbdt: n_trees, learning_rate, num_leaves, ...).
+    /// Algorithm parameters (for gbdt: n_trees, learning_rate, num_leaves, ...; see
+    /// `model::Algorithm`).
     #[serde(default)]
     pub params: Option<toml::Table>,
     /// Gates such as `"r2 >= 0.75"`; a model that fails one is not promoted.

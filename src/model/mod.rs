@@ -1,8 +1,10 @@
-//! Models: the gradient-boosted trees of [`gbdt`] (the default algorithm), the fitted feature
-//! [`transform`] each model carries, and the [`Artifact`] written by a train stage and loaded
-//! back for scoring.
+//! Models: the gradient-boosted trees of [`gbdt`] (the default algorithm), the [`linear`] and
+//! [`forest`] baselines, the fitted feature [`transform`] each model carries, and the
+//! [`Artifact`] written by a train stage and loaded back for scoring.
 
+pub mod forest;
 pub mod gbdt;
+pub mod linear;
 pub mod transform;
 
 use arrow::array::{Array, AsArray};
@@ -11,6 +13,143 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Task;
+
+/// A model's algorithm with its parameters: `algorithm` and `[models.*.params]` in the pipeline
+/// file, the same two keys in `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Histogram gradient-boosted trees (the default).
+    Gbdt { params: gbdt::Params },
+    /// Least-squares linear regression (linfa), for regression models.
+    Linear { params: linear::LinearParams },
+    /// L2-regularised logistic regression (linfa), for binary models.
+    Logistic { params: linear::LogisticParams },
+    /// Random forest (smartcore), for either task.
+    RandomForest { params: forest::ForestParams },
+}
+
+impl Algorithm {
+    /// The names accepted as `algorithm` in the pipeline file.
+    pub const NAMES: [&'static str; 4] = ["gbdt", "linear", "logistic", "random_forest"];
+
+    /// The algorithm called `name`, with the parameters in `params` (a JSON or TOML table
+    /// turned into a `serde_json::Value`).
+    pub fn from_parts(
+        name: &str,
+        params: serde_json::Value,
+    ) -> Result<Algorithm, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "algorithm": name, "params": params }))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Gbdt { .. } => "gbdt",
+            Algorithm::Linear { .. } => "linear",
+            Algorithm::Logistic { .. } => "logistic",
+            Algorithm::RandomForest { .. } => "random_forest",
+        }
+    }
+
+    /// The parameters as JSON (for the registry).
+    pub fn params_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v.get_mut("params").map(|p| p.take()).unwrap_or_default()
+    }
+
+    /// Every problem with the parameters (`params: ...`) or with using this algorithm for
+    /// `task` (`algorithm: ...`), relative to the model's section.
+    pub fn check(&self, task: Task) -> Vec<String> {
+        let params = match (self, task) {
+            (Algorithm::Gbdt { params }, _) => params.check(),
+            (Algorithm::Linear { .. }, Task::Regression) => Vec::new(),
+            (Algorithm::Logistic { params }, Task::Binary) => params.check(),
+            (Algorithm::RandomForest { params }, _) => params.check(),
+            (Algorithm::Linear { .. }, Task::Binary) => {
+                return vec![
+                    "algorithm: `linear` is for regression models; use `logistic` for a binary one"
+                        .into(),
+                ]
+            }
+            (Algorithm::Logistic { .. }, Task::Regression) => {
+                return vec![
+                    "algorithm: `logistic` is for binary models; use `linear` for a regression one"
+                        .into(),
+                ]
+            }
+        };
+        params.into_iter().map(|e| format!("params: {e}")).collect()
+    }
+
+    /// Fits on the training columns `x` (through `transform`) and target `y` (0/1 for binary).
+    pub fn fit(
+        &self,
+        x: &[&[f64]],
+        y: &[f64],
+        task: Task,
+        transform: &transform::Transform,
+    ) -> Result<Fitted, String> {
+        Ok(match self {
+            Algorithm::Gbdt { params } => {
+                let objective = match task {
+                    Task::Regression => gbdt::Objective::SquaredError,
+                    Task::Binary => gbdt::Objective::Logistic,
+                };
+                Fitted::Booster {
+                    booster: gbdt::train(x, y, objective, params),
+                }
+            }
+            Algorithm::Linear { .. } => Fitted::Linear {
+                linear: linear::Linear::fit_regression(x, y, transform)?,
+            },
+            Algorithm::Logistic { params } => Fitted::Linear {
+                linear: linear::Linear::fit_logistic(x, y, transform, params)?,
+            },
+            Algorithm::RandomForest { params } => Fitted::Forest {
+                forest: forest::Forest::fit(x, y, task == Task::Binary, params)?,
+            },
+        })
+    }
+}
+
+impl Default for Algorithm {
+    fn default() -> Self {
+        Algorithm::Gbdt {
+            params: Default::default(),
+        }
+    }
+}
+
+/// A fitted model of any algorithm. In `model.json` it is one key beside the others:
+/// `booster`, `linear` or `forest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Fitted {
+    Booster { booster: gbdt::Booster },
+    Linear { linear: linear::Linear },
+    Forest { forest: forest::Forest },
+}
+
+impl Fitted {
+    /// Predictions for column-major features (probabilities for binary models).
+    pub fn predict(&self, x: &[&[f64]]) -> Result<Vec<f64>, String> {
+        match self {
+            Fitted::Booster { booster } => Ok(booster.predict(x)),
+            Fitted::Linear { linear } => Ok(linear.predict(x)),
+            Fitted::Forest { forest } => forest.predict(x),
+        }
+    }
+
+    /// A per-feature importance, where the algorithm has one: total split gain for boosted
+    /// trees, summed absolute standardised coefficients for linear models.
+    pub fn importance(&self) -> Option<Vec<f64>> {
+        match self {
+            Fitted::Booster { booster } => Some(booster.gain_importance.clone()),
+            Fitted::Linear { linear } => Some(linear.importance()),
+            Fitted::Forest { .. } => None,
+        }
+    }
+}
 
 /// Everything needed to score new rows, as written to `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,12 +160,15 @@ pub struct Artifact {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_label: Option<String>,
-    pub algorithm: String,
-    pub params: gbdt::Params,
+    /// `algorithm` and `params`.
+    #[serde(flatten)]
+    pub algorithm: Algorithm,
     /// Decision threshold (binary models).
     pub threshold: f64,
     pub transform: transform::Transform,
-    pub booster: gbdt::Booster,
+    /// `booster`, `linear` or `forest`.
+    #[serde(flatten)]
+    pub fitted: Fitted,
 }
 
 impl Artifact {
@@ -34,7 +176,7 @@ impl Artifact {
     /// transform had to impute or did not recognise.
     pub fn predict(&self, batch: &RecordBatch) -> Result<(Vec<f64>, transform::Matrix), String> {
         let m = self.transform.apply(batch)?;
-        let p = self.booster.predict(&m.views());
+        let p = self.fitted.predict(&m.views())?;
         Ok((p, m))
     }
 }

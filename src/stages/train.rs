@@ -16,7 +16,6 @@ use crate::config::{Model, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Confusion};
-use crate::model::gbdt::{self, Objective};
 use crate::model::transform::Transform;
 use crate::model::Artifact;
 
@@ -135,7 +134,7 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
     let doc = serde_json::json!({
         "model": model_name,
         "task": artifact.task,
-        "algorithm": artifact.algorithm,
+        "algorithm": artifact.algorithm.name(),
         "rows": { "train": rows.0, "holdout": rows.1 },
         "metrics": metrics,
         "gates": gates.iter().map(|(g, v, ok)| serde_json::json!({ "gate": g, "value": v, "passed": ok })).collect::<Vec<_>>(),
@@ -203,15 +202,11 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
             yt.len()
         ));
     }
-    let objective = match model.task {
-        Task::Regression => Objective::SquaredError,
-        Task::Binary => Objective::Logistic,
-    };
     let views: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
-    let booster = gbdt::train(&views, &yt, objective, &model.params);
+    let fitted = model.algorithm.fit(&views, &yt, model.task, &transform)?;
     let xh = matrix.take(&hold_rows);
     let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
-    let ph = booster.predict(&hviews);
+    let ph = fitted.predict(&hviews)?;
     let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
     let metrics = evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;
@@ -241,10 +236,9 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         target: model.target.clone(),
         positive_label: model.positive_label.clone(),
         algorithm: model.algorithm.clone(),
-        params: model.params.clone(),
         threshold: model.threshold,
         transform,
-        booster,
+        fitted,
     };
     let selection_threshold = match model.task {
         Task::Binary => model.threshold,
@@ -260,12 +254,16 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
     })
 }
 
-fn importance(a: &Artifact) -> IndexMap<String, f64> {
-    let total: f64 = a.booster.gain_importance.iter().sum();
-    a.transform
-        .features
-        .iter()
-        .zip(&a.booster.gain_importance)
-        .map(|(f, g)| (f.name.clone(), if total > 0.0 { g / total } else { 0.0 }))
-        .collect()
+/// Each feature's share of the model's importance (null for algorithms without one).
+fn importance(a: &Artifact) -> Option<IndexMap<String, f64>> {
+    let imp = a.fitted.importance()?;
+    let total: f64 = imp.iter().sum();
+    Some(
+        a.transform
+            .features
+            .iter()
+            .zip(&imp)
+            .map(|(f, g)| (f.name.clone(), if total > 0.0 { g / total } else { 0.0 }))
+            .collect(),
+    )
 }

@@ -9,6 +9,51 @@ fn artifact(p: &Project, run: &str, model: &str) -> mlpipe::model::Artifact {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The artifact of `model` in run `run`, loaded from its file, reproduces the holdout
+/// predictions exactly, and the holdout and training rows together are the clean rows.
+fn assert_reloads_exactly(p: &Project, run: &str, model: &str) {
+    let clean = read_parquet(&p.path(&format!("runs/{run}/validate/customers/clean.parquet")));
+    let m = p.json(&format!("runs/{run}/train_{model}/metrics.json"));
+    let a = artifact(p, run, model);
+    let holdout = read_parquet(&p.path(&format!("runs/{run}/train_{model}/holdout.parquet")));
+    let rows = holdout
+        .column_by_name("_row")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    let idx = arrow::array::UInt64Array::from(rows.values().to_vec());
+    let subset = arrow::compute::take_record_batch(&clean, &idx).unwrap();
+    let (pred, _) = a.predict(&subset).unwrap();
+    let stored = holdout
+        .column_by_name("prediction")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    assert!(
+        pred == stored.values().to_vec(),
+        "{model}: reloaded predictions differ"
+    );
+    assert_eq!(
+        holdout.num_rows() as u64 + m["rows"]["train"].as_u64().unwrap(),
+        clean.num_rows() as u64
+    );
+}
+
+/// The three train stages of runs `a` and `b` wrote byte-identical artifacts.
+fn assert_same_artifacts(p: &Project, a: &str, b: &str) {
+    for s in ["train_engagement", "train_churn", "train_ltv"] {
+        assert_eq!(
+            p.outputs(a, s)
+                .into_iter()
+                .filter(|o| o.0 == "model")
+                .collect::<Vec<_>>(),
+            p.outputs(b, s)
+                .into_iter()
+                .filter(|o| o.0 == "model")
+                .collect::<Vec<_>>(),
+            "{s}"
+        );
+    }
+}
+
 #[test]
 fn models_train_pass_their_gates_and_load_back_with_identical_predictions() {
     let p = Project::new(true);
@@ -17,7 +62,6 @@ fn models_train_pass_their_gates_and_load_back_with_identical_predictions() {
         out.contains("train_churn") && out.matches("gates passed").count() == 3,
         "{out}"
     );
-    let clean = read_parquet(&p.path("runs/m1/validate/customers/clean.parquet"));
     for (model, metric, floor) in [
         ("engagement", "r2", 0.75),
         ("churn", "auc", 0.75),
@@ -30,44 +74,103 @@ fn models_train_pass_their_gates_and_load_back_with_identical_predictions() {
             m["metrics"]
         );
         assert_eq!(m["passed"], true);
-        // The artifact, loaded from its file, reproduces the holdout predictions exactly.
-        let a = artifact(&p, "m1", model);
-        let holdout = read_parquet(&p.path(&format!("runs/m1/train_{model}/holdout.parquet")));
-        let rows = holdout
-            .column_by_name("_row")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::UInt64Type>();
-        let idx = arrow::array::UInt64Array::from(rows.values().to_vec());
-        let subset = arrow::compute::take_record_batch(&clean, &idx).unwrap();
-        let (pred, _) = a.predict(&subset).unwrap();
-        let stored = holdout
-            .column_by_name("prediction")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::Float64Type>();
-        assert!(
-            pred == stored.values().to_vec(),
-            "{model}: reloaded predictions differ"
-        );
-        assert_eq!(
-            holdout.num_rows() as u64 + m["rows"]["train"].as_u64().unwrap(),
-            clean.num_rows() as u64
-        );
+        assert_reloads_exactly(&p, "m1", model);
     }
     // Training is deterministic: a forced re-run writes byte-identical artifacts.
     p.ok(&["run", "--as-of", AS_OF, "--run-id", "m2", "--force"]);
-    for s in ["train_engagement", "train_churn", "train_ltv"] {
+    assert_same_artifacts(&p, "m1", "m2");
+}
+
+#[test]
+fn baselines_are_selectable_in_the_pipeline_file() {
+    let p = Project::new(true);
+    let baselines = [
+        "--set",
+        "models.engagement.algorithm=\"linear\"",
+        "--set",
+        "models.engagement.params={}",
+        "--set",
+        "models.churn.algorithm=\"logistic\"",
+        "--set",
+        "models.churn.params={ alpha = 1.0 }",
+        "--set",
+        "models.ltv.algorithm=\"random_forest\"",
+        "--set",
+        "models.ltv.params={ n_trees = 20, min_samples_leaf = 5 }",
+    ];
+    let args = |run: &'static str| {
+        let mut a = vec!["run", "--as-of", AS_OF, "--run-id", run, "--force"];
+        a.extend(baselines);
+        a
+    };
+    let o = p.mlpipe(&args("b1"));
+    // Gates may pass or fail for a baseline (exit 0 or 1), but every stage runs.
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    assert_eq!(p.manifest("b1")["status"], "succeeded");
+    for (model, algorithm, metric, floor) in [
+        ("engagement", "linear", "r2", 0.5),
+        ("churn", "logistic", "auc", 0.7),
+        ("ltv", "random_forest", "r2", 0.5),
+    ] {
+        let m = p.json(&format!("runs/b1/train_{model}/metrics.json"));
+        assert_eq!(m["algorithm"], algorithm);
+        let v = m["metrics"][metric].as_f64().unwrap();
+        assert!(v >= floor, "{model} ({algorithm}): {metric} {v}");
         assert_eq!(
-            p.outputs("m1", s)
-                .into_iter()
-                .filter(|o| o.0 == "model")
-                .collect::<Vec<_>>(),
-            p.outputs("m2", s)
-                .into_iter()
-                .filter(|o| o.0 == "model")
-                .collect::<Vec<_>>(),
-            "{s}"
+            m["feature_importance"].is_null(),
+            algorithm == "random_forest",
+            "{model}: {}",
+            m["feature_importance"]
         );
+        assert_reloads_exactly(&p, "b1", model);
+        let a = artifact(&p, "b1", model);
+        assert_eq!(a.algorithm.name(), algorithm);
+        // The registry records the algorithm and its parameters.
+        let v1 = p.json(&format!("models/{model}/v1.json"));
+        assert_eq!(v1["algorithm"], algorithm, "{v1}");
+        assert_eq!(v1["run_id"], "b1", "{v1}");
     }
+    let ltv = p.json("runs/b1/train_ltv/model.json");
+    assert_eq!(ltv["params"]["n_trees"], 20);
+    assert_eq!(ltv["params"]["seed"], 42, "defaults are filled in");
+    // Scoring uses the baselines too.
+    assert_eq!(p.manifest("b1")["stages"]["score"]["status"], "succeeded");
+    // Deterministic: a forced re-run writes byte-identical artifacts.
+    let o = p.mlpipe(&args("b2"));
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
+    assert_same_artifacts(&p, "b1", "b2");
+}
+
+#[test]
+fn algorithm_choices_are_checked_with_the_pipeline_file() {
+    let p = Project::new(false);
+    let o = p.mlpipe(&[
+        "validate",
+        "--set",
+        "models.engagement.algorithm=\"logistic\"",
+        "--set",
+        "models.engagement.params={}",
+        "--set",
+        "models.churn.algorithm=\"random_forrest\"",
+        "--set",
+        "models.ltv.algorithm=\"random_forest\"",
+        "--set",
+        "models.ltv.params={ n_trees = 0, learning_rate = 0.1 }",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("models.engagement.algorithm: `logistic` is for binary models; use `linear`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("models.churn.algorithm: `random_forrest` is not an algorithm (did you mean `random_forest`?)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("models.ltv.params: unknown field `learning_rate`"),
+        "{e}"
+    );
 }
 
 #[test]
