@@ -13,6 +13,33 @@ if ! cargo fmt --version >/dev/null 2>&1; then
   rustup component add rustfmt
 fi
 
+# Real servers and tools the tests start or call: promtool and amtool check the monitoring
+# config, Pushgateway receives a run's metrics, Chromium renders report.html.
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (Debian packages)"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+echo "== monitoring as code (promtool, amtool)"
+promtool check rules monitoring/alert-rules.yml
+promtool test rules monitoring/alert-rules.test.yml
+amtool check-config monitoring/alertmanager.yml
+# The seeds' routing: each severity reaches its receiver.
+for route in P0=p0-critical P1=p1-high P2=p2-medium P3=email-ml-team P4=weekly-digest; do
+  sev=${route%%=*} want=${route#*=}
+  got=$(amtool config routes test --config.file=monitoring/alertmanager.yml severity="$sev" alertname=Test 2>/dev/null)
+  if [ "$got" != "$want" ]; then
+    echo "error: an alert of severity $sev routes to '$got', expected '$want' (monitoring/alertmanager.yml)" >&2
+    exit 1
+  fi
+done
+
 echo "== format"
 cargo fmt --all -- --check
 
