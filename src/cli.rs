@@ -105,6 +105,17 @@ pub struct RunArgs {
     /// Recompute selected stages even when an identical earlier result exists.
     #[arg(long)]
     pub force: bool,
+    /// Serve the run's metrics in Prometheus format on this address (e.g. 127.0.0.1:9464)
+    /// while the run lasts.
+    #[arg(
+        long = "metrics-addr",
+        value_name = "ADDR",
+        env = "MLPIPE_METRICS_ADDR"
+    )]
+    pub metrics_addr: Option<String>,
+    /// Also print the metrics as CloudWatch Embedded Metric Format JSON lines at the end.
+    #[arg(long)]
+    pub emf: bool,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +223,8 @@ fn run_options(a: &RunArgs, progress: bool) -> RunOptions {
         to: a.to.clone(),
         force: a.force,
         progress,
+        metrics_addr: a.metrics_addr.clone(),
+        emf: a.emf,
     }
 }
 

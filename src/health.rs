@@ -46,6 +46,9 @@ pub struct ModelHealth {
     pub retrain_due: bool,
     pub reasons: Vec<String>,
     pub checks: std::collections::BTreeMap<String, CheckOutcome>,
+    /// When the production version was deployed (or trained), as Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_unix: Option<f64>,
 }
 
 /// What the latest run observed: its drift summary and scoring speed.
@@ -79,6 +82,7 @@ pub async fn evaluate(
                 retrain_due: true,
                 reasons,
                 checks,
+                deployed_unix: None,
             });
             continue;
         };
@@ -186,7 +190,8 @@ pub async fn evaluate(
         }
         // Age.
         let born = v.deployment_date.as_deref().unwrap_or(&v.training_date);
-        let age = crate::config::compile::parse_timestamp(born)
+        let born_at = crate::config::compile::parse_timestamp(born);
+        let age = born_at
             .map(|t| (now - t).num_hours() as f64 / 24.0)
             .unwrap_or(0.0);
         check(
@@ -206,6 +211,7 @@ pub async fn evaluate(
             retrain_due: !healthy,
             reasons,
             checks,
+            deployed_unix: born_at.map(|t| t.timestamp() as f64),
         });
     }
     Ok(out)

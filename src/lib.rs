@@ -23,5 +23,6 @@ pub mod stages;
 pub mod stats;
 pub mod storage;
 pub mod summary;
+pub mod telemetry;
 
 pub use error::{Error, Result};

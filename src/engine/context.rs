@@ -32,6 +32,8 @@ pub struct Shared {
     /// Datasets read in this process, by name and input fingerprint.
     pub datasets: Mutex<HashMap<(String, String), Arc<crate::data::Table>>>,
     pub faults: Faults,
+    /// The run's metrics.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The context of one attempt of one stage.
@@ -43,6 +45,7 @@ pub struct StageCtx {
     pub upstream: HashMap<String, StageRecord>,
     pub progress: ProgressBar,
     outputs: Mutex<Vec<OutputRecord>>,
+    samples: Mutex<Vec<crate::telemetry::Sample>>,
 }
 
 impl StageCtx {
@@ -60,6 +63,7 @@ impl StageCtx {
             upstream,
             progress,
             outputs: Mutex::new(Vec::new()),
+            samples: Mutex::new(Vec::new()),
         }
     }
 
@@ -205,5 +209,17 @@ impl StageCtx {
 
     pub fn take_outputs(&self) -> Vec<OutputRecord> {
         std::mem::take(&mut self.outputs.lock().unwrap())
+    }
+
+    /// Logs an event now and keeps its metric samples; the engine records them in the run's
+    /// metrics (and the stage's manifest record) when the stage succeeds.
+    pub fn emit(&self, e: crate::telemetry::Event) {
+        e.log();
+        self.samples.lock().unwrap().extend(e.samples());
+    }
+
+    /// The samples emitted so far (the engine takes them once the attempt ends).
+    pub fn take_samples(&self) -> Vec<crate::telemetry::Sample> {
+        std::mem::take(&mut self.samples.lock().unwrap())
     }
 }

@@ -89,6 +89,9 @@ pub struct StageRecord {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
+    /// The metric samples the stage emitted, replayed when the stage is reused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<crate::telemetry::Sample>,
 }
 
 impl StageRecord {
@@ -107,6 +110,7 @@ impl StageRecord {
             valid_until: None,
             error: None,
             error_kind: None,
+            samples: Vec::new(),
         }
     }
 
@@ -127,6 +131,9 @@ pub struct Manifest {
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
+    /// Estimated Fargate cost of this invocation, in US dollars (`telemetry::fargate_cost_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     /// How many times this run id was started (1 + resumes).
     pub invocations: u32,
     pub code_version: String,

@@ -37,6 +37,10 @@ pub struct RunOptions {
     pub force: bool,
     /// Show progress spinners (on a terminal, in pretty mode).
     pub progress: bool,
+    /// Serve the run's metrics on this address while it runs (`--metrics-addr`).
+    pub metrics_addr: Option<String>,
+    /// Print the metrics as CloudWatch Embedded Metric Format lines at the end (`--emf`).
+    pub emf: bool,
 }
 
 /// What the engine will do with a stage.
@@ -432,6 +436,7 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
             started_at: ts(now()),
             finished_at: None,
             duration_s: None,
+            cost_usd: None,
             invocations: 1,
             code_version: CODE_VERSION.into(),
             as_of: ts(plan.as_of),
@@ -489,6 +494,36 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
         .await?;
     tracing::info!(run_id = %plan.run_id, pipeline = %p.name, resumed = plan.resumed, "run started");
 
+    let telemetry = crate::telemetry::Telemetry::new(&p.name);
+    let server = match &o.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let (local, task) = crate::telemetry::serve(addr, telemetry.clone())
+                .await
+                .map_err(Error::Usage)?;
+            tracing::info!(address = %local, "serving metrics on /metrics");
+            Some(task)
+        }
+    };
+    // Stages completed earlier in this run or reused from another report their figures again.
+    for ps in &plan.stages {
+        if let (Action::Done | Action::Reuse { .. }, Some(r)) = (&ps.action, &ps.record) {
+            telemetry.record(&r.samples);
+            let e = crate::telemetry::Event::StageFinished {
+                pipeline: &p.name,
+                stage: &ps.name,
+                status: if matches!(ps.action, Action::Done) {
+                    "done"
+                } else {
+                    "reused"
+                },
+                seconds: 0.0,
+            };
+            e.log();
+            telemetry.record(&e.samples());
+        }
+    }
+
     let shared = Arc::new(Shared {
         pipeline: p.clone(),
         run_id: plan.run_id.clone(),
@@ -499,6 +534,7 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
         tables: Default::default(),
         datasets: Default::default(),
         faults,
+        telemetry: telemetry.clone(),
     });
     let bars = if o.progress {
         MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
@@ -590,7 +626,7 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
         }
     }
     // Whatever could not start because something failed is skipped.
-    let status = {
+    {
         let mut w = writer.lock().await;
         let elapsed = started.elapsed().as_secs_f64();
         w.update(|m| {
@@ -606,12 +642,15 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
             };
             m.finished_at = Some(ts(now()));
             m.duration_s = Some(elapsed);
-            m.status
+            m.cost_usd = Some(crate::telemetry::fargate_cost_usd(elapsed));
         })
-        .await?
-    };
-    tracing::info!(run_id = %plan.run_id, status = ?status, seconds = started.elapsed().as_secs_f64(), "run finished");
+        .await?;
+    }
     let manifest = writer.lock().await.manifest.clone();
+    finish_telemetry(&p, &manifest, &artifacts, &telemetry, o).await;
+    if let Some(task) = server {
+        task.abort();
+    }
     Ok(RunOutcome {
         manifest,
         error: first_error.map(|(_, e)| e),
@@ -620,6 +659,75 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
 
 /// Runs one stage: attempts with a timeout each, retries with exponential backoff for
 /// infrastructure errors, and the manifest updated at every transition.
+/// When a run last succeeded (`runs/_last_success.json`), for the metric of that name.
+#[derive(Serialize, Deserialize)]
+struct LastSuccess {
+    run_id: String,
+    finished_at: String,
+    unix_seconds: f64,
+}
+
+/// Ends the run's telemetry: the run's own figures, `<run>/metrics.prom`, the final Pushgateway
+/// push (when `PROMETHEUS_PUSHGATEWAY_URL` is set) and the EMF lines (`--emf`). Failures here are
+/// logged, not fatal: a monitoring outage must not fail a pipeline run.
+async fn finish_telemetry(
+    p: &Pipeline,
+    m: &Manifest,
+    artifacts: &Store,
+    t: &crate::telemetry::Telemetry,
+    o: &RunOptions,
+) {
+    let succeeded = m.status == RunStatus::Succeeded;
+    let now_unix = now().timestamp_millis() as f64 / 1000.0;
+    let last_success = if succeeded {
+        let doc = LastSuccess {
+            run_id: m.run_id.clone(),
+            finished_at: ts(now()),
+            unix_seconds: now_unix,
+        };
+        if let Err(e) = artifacts.put_json("_last_success.json", &doc).await {
+            tracing::warn!(error = %e, "cannot record the last successful run");
+        }
+        Some(now_unix)
+    } else {
+        artifacts
+            .get_json::<LastSuccess>("_last_success.json")
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.unix_seconds)
+    };
+    let e = crate::telemetry::Event::RunFinished {
+        pipeline: &p.name,
+        run_id: &m.run_id,
+        status: if succeeded { "succeeded" } else { "failed" },
+        seconds: m.duration_s.unwrap_or(0.0),
+        cost_usd: m.cost_usd.unwrap_or(0.0),
+        last_success,
+    };
+    e.log();
+    t.record(&e.samples());
+    let text = t.render();
+    let path = format!("{}/metrics.prom", m.run_id);
+    if let Err(e) = artifacts.put(&path, bytes::Bytes::from(text)).await {
+        tracing::warn!(error = %e, "cannot write {path}");
+    }
+    if let Some(url) = std::env::var("PROMETHEUS_PUSHGATEWAY_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        match t.push(&url).await {
+            Ok(()) => tracing::info!(gateway = %url, "metrics pushed to the Pushgateway"),
+            Err(e) => tracing::error!(error = %e, "metrics were not pushed; they are in {path}"),
+        }
+    }
+    if o.emf {
+        for line in t.emf_lines(now().timestamp_millis()) {
+            println!("{line}");
+        }
+    }
+}
+
 async fn run_stage(
     shared: Arc<Shared>,
     st: Stage,
@@ -667,6 +775,7 @@ async fn run_stage(
             ))),
         };
         let outputs = ctx.take_outputs();
+        let samples = ctx.take_samples();
         match result {
             Ok(done) => {
                 let elapsed = t0.elapsed().as_secs_f64();
@@ -691,9 +800,11 @@ async fn run_stage(
                         r.finished_at = Some(ts(now()));
                         r.duration_s = Some(elapsed);
                         r.reused_from = None;
+                        r.samples = samples;
                         r.clone()
                     })
                     .await?;
+                shared.telemetry.record(&rec.samples);
                 let entry = CacheEntry {
                     run_id: shared.run_id.clone(),
                     record: rec.clone(),
@@ -702,19 +813,35 @@ async fn run_stage(
                     .artifacts
                     .put_json(&cache_path(&name, &rec.fingerprint), &entry)
                     .await?;
-                tracing::info!(stage = %name, attempt = total, seconds = elapsed, "stage succeeded");
+                let e = crate::telemetry::Event::StageFinished {
+                    pipeline: &shared.pipeline.name,
+                    stage: &name,
+                    status: "succeeded",
+                    seconds: elapsed,
+                };
+                e.log();
+                shared.telemetry.record(&e.samples());
                 return Ok(());
             }
             Err(e) => {
                 let retryable = matches!(e, Error::Storage(_) | Error::Infra(_));
-                if retryable && attempt < max_attempts {
+                let will_retry = retryable && attempt < max_attempts;
+                let msg = e.to_string();
+                let event = crate::telemetry::Event::StageAttemptFailed {
+                    pipeline: &shared.pipeline.name,
+                    stage: &name,
+                    attempt: total,
+                    error: &msg,
+                    will_retry,
+                };
+                event.log();
+                shared.telemetry.record(&event.samples());
+                if will_retry {
                     let wait = st.retry_backoff * 2u32.saturating_pow(attempt - 1);
-                    tracing::warn!(stage = %name, attempt = total, error = %e, retry_in_s = wait.as_secs_f64(), "stage attempt failed; retrying");
                     tokio::time::sleep(wait).await;
                     continue;
                 }
                 let elapsed = t0.elapsed().as_secs_f64();
-                let msg = e.to_string();
                 let kind = e.kind();
                 writer
                     .lock()
@@ -729,7 +856,6 @@ async fn run_stage(
                         r.duration_s = Some(elapsed);
                     })
                     .await?;
-                tracing::error!(stage = %name, attempt = total, error = %msg, "stage failed");
                 let named = format!("stage `{name}`");
                 return Err(if msg.starts_with(&named) {
                     e

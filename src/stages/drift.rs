@@ -132,6 +132,11 @@ pub async fn run(
                 if drifted {
                     drifted_predictions.push(model.to_string());
                 }
+                ctx.emit(crate::telemetry::Event::PredictionDrift {
+                    model,
+                    ks: k.statistic,
+                    drifted,
+                });
                 predictions.insert(model.to_string(), serde_json::json!({ "ks": k.statistic, "p_value": k.p_value, "drifted": drifted, "train_stage": stage }));
             }
         }
@@ -142,9 +147,13 @@ pub async fn run(
         .map(|x| x.0.clone())
         .collect();
     for (f, v, d) in &results {
-        if *d {
-            tracing::warn!(stage = %ctx.stage.name, feature = %f, result = %v, "feature drift");
-        }
+        ctx.emit(crate::telemetry::Event::FeatureDrift {
+            feature: f,
+            ks: v["ks"].as_f64(),
+            p_value: v["p_value"].as_f64(),
+            psi: v["psi"].as_f64(),
+            drifted: *d,
+        });
     }
     let dataset_drift = !drifted_features.is_empty() || !drifted_predictions.is_empty();
     let max_ks = results

@@ -166,13 +166,21 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             let dpr_ci = interval(boots.iter().map(|b| b.0).collect());
             let eor_ci = eor.and_then(|_| interval(boots.iter().map(|b| b.1).collect()));
             let violation = dpr < cfg.threshold || eor.is_some_and(|e| e < cfg.threshold);
-            if violation {
-                violations.push(format!(
+            let text = violation.then(|| {
+                format!(
                     "model `{m}`, {attr}: parity {dpr:.3}{}",
                     eor.map(|e| format!(", equal opportunity {e:.3}"))
                         .unwrap_or_default()
-                ));
-            }
+                )
+            });
+            ctx.emit(crate::telemetry::Event::FairnessMeasured {
+                model: m,
+                attribute: attr,
+                parity: Some(dpr).filter(|v| v.is_finite()),
+                equal_opportunity: eor.filter(|v| v.is_finite()),
+                violation: text.clone(),
+            });
+            violations.extend(text);
             per_attr.insert(
                 attr.clone(),
                 serde_json::json!({
@@ -192,9 +200,6 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         }
         doc.insert(m.clone(), serde_json::json!({ "task": task, "selection_threshold": threshold, "attributes": per_attr }));
         summary.insert(m.clone(), model_summary.into());
-    }
-    for v in &violations {
-        tracing::warn!(stage = %ctx.stage.name, violation = %v, threshold = cfg.threshold, "fairness violation");
     }
     ctx.write_json(
         "fairness",

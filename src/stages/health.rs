@@ -23,10 +23,14 @@ pub async fn run(ctx: &StageCtx) -> Result<StageDone> {
     let report = evaluate(p, &registry, &observed, ctx.shared.as_of).await?;
     let mut failures = Vec::new();
     for h in &report {
-        if h.healthy {
-            tracing::info!(stage = %ctx.stage.name, model = %h.model, production = ?h.production, "model healthy");
-        } else {
-            tracing::error!(stage = %ctx.stage.name, model = %h.model, reasons = %h.reasons.join("; "), "model unhealthy: retraining is due");
+        ctx.emit(crate::telemetry::Event::ModelHealth {
+            model: &h.model,
+            version: h.production.as_deref(),
+            healthy: h.healthy,
+            updated: h.deployed_unix,
+            reasons: h.reasons.join("; "),
+        });
+        if !h.healthy {
             failures.push(format!(
                 "model `{}` is unhealthy, retraining is due: {}",
                 h.model,

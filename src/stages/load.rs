@@ -47,7 +47,11 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
         );
         rows.insert(name.clone(), table.num_rows().into());
         report.insert(name.clone(), info);
-        tracing::info!(stage = %ctx.stage.name, dataset = %name, rows = table.num_rows(), files = located.files.len(), "dataset loaded");
+        ctx.emit(crate::telemetry::Event::DatasetLoaded {
+            dataset: name,
+            rows: table.num_rows(),
+            files: located.files.len(),
+        });
     }
     ctx.write_json(
         "load",

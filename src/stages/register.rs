@@ -233,7 +233,13 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 ))
             })?;
         let doc = &state.versions[&version];
-        tracing::info!(stage = %ctx.stage.name, model = %m, version, status = ?doc.status, reason = ?doc.reason, "model registered");
+        let status = serde_json::to_value(doc.status).unwrap_or_default();
+        ctx.emit(crate::telemetry::Event::ModelRegistered {
+            model: m,
+            version,
+            status: status.as_str().unwrap_or("unknown"),
+            reason: doc.reason.as_deref(),
+        });
         decisions.insert(
             m.clone(),
             serde_json::json!({

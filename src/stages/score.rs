@@ -63,12 +63,21 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
             "unseen_categories": matrix.unseen,
             "imputed_values": matrix.imputed,
         });
-        if artifact.task == crate::config::Task::Binary {
-            s["positive_rate"] = serde_json::json!(
-                pred.iter().filter(|p| **p >= artifact.threshold).count() as f64
-                    / pred.len().max(1) as f64
-            );
+        let positive_rate = (artifact.task == crate::config::Task::Binary).then(|| {
+            pred.iter().filter(|p| **p >= artifact.threshold).count() as f64
+                / pred.len().max(1) as f64
+        });
+        if let Some(r) = positive_rate {
+            s["positive_rate"] = serde_json::json!(r);
         }
+        let bounds = crate::telemetry::events::score_bounds(&pred);
+        ctx.emit(crate::telemetry::Event::ModelScored {
+            model: m,
+            version: &version,
+            rows: pred.len(),
+            distribution: crate::telemetry::events::distribution(&pred, &bounds),
+            positive_rate,
+        });
         if !matrix.unseen.is_empty() {
             tracing::warn!(stage = %ctx.stage.name, model = %m, unseen = ?matrix.unseen, "categories never seen in training were scored as 'other'");
         }

@@ -125,11 +125,19 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         .map(|g| format!("{} (got {:.4})", g.0, g.1))
         .collect();
     for (k, v) in &metrics {
-        tracing::info!(stage = %ctx.stage.name, model = %model_name, metric = %k, value = v, "holdout metric");
+        ctx.emit(crate::telemetry::Event::ModelEvaluated {
+            model: model_name,
+            metric: k,
+            value: *v,
+        });
     }
-    if !failed.is_empty() {
-        tracing::warn!(stage = %ctx.stage.name, model = %model_name, failed = %failed.join("; "), "model failed its gates");
-    }
+    ctx.emit(crate::telemetry::Event::ModelTrained {
+        model: model_name,
+        algorithm: artifact.algorithm.name(),
+        seconds,
+        passed: failed.is_empty(),
+        failed_gates: failed.join("; "),
+    });
     ctx.write_json("model", "model.json", &artifact).await?;
     let doc = serde_json::json!({
         "model": model_name,

@@ -96,17 +96,29 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
             .map(|(c, v)| format!("{c} {}", fmt_value(check, *v)))
             .collect::<Vec<_>>()
             .join(", ");
-        match r.status {
-            Status::Pass => {
-                tracing::info!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "pass", "quality check")
-            }
-            Status::Warn => {
-                tracing::warn!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "warn", worst = %worst, "quality check")
-            }
-            Status::Fail => {
-                tracing::error!(stage = %ctx.stage.name, dataset = %name, check = %check, value = r.value, status = "fail", worst = %worst, on_fail = %r.on_fail, "quality check")
-            }
-        }
+        // Per-column values: null rates are numbers, outliers objects with a `rate`.
+        let columns = r.details["columns"]
+            .as_object()
+            .map(|cols| {
+                cols.iter()
+                    .filter_map(|(c, v)| {
+                        Some((c.clone(), v.as_f64().or_else(|| v["rate"].as_f64())?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ctx.emit(crate::telemetry::Event::QualityChecked {
+            dataset: name,
+            check,
+            value: r.value,
+            status: match r.status {
+                Status::Pass => "pass",
+                Status::Warn => "warn",
+                Status::Fail => "fail",
+            },
+            columns,
+            worst: worst.clone(),
+        });
         if r.stops() {
             stops.push(format!(
                 "dataset `{name}`: {check} is {} (fail above {}){}; fix the data, or set quality.{check}.on_fail = \"continue\" to go on with the clean rows",

@@ -41,7 +41,9 @@ impl Project {
             .args(args)
             .env_remove("MLPIPE_FAULTS")
             .env_remove("MLPIPE_DATA")
-            .env_remove("MLPIPE_ARTIFACTS");
+            .env_remove("MLPIPE_ARTIFACTS")
+            .env_remove("MLPIPE_METRICS_ADDR")
+            .env_remove("PROMETHEUS_PUSHGATEWAY_URL");
         if !args.contains(&"--log-format") {
             c.args(["--log-format", "pretty"]);
         }

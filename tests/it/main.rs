@@ -11,3 +11,4 @@ mod pipeline_file;
 mod quality;
 mod registry;
 mod run;
+mod telemetry;
