@@ -163,7 +163,6 @@ pub fn main() -> i32 {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    init_logging(json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,7 +173,8 @@ pub fn main() -> i32 {
             return 4;
         }
     };
-    match rt.block_on(dispatch(cli.command, json)) {
+    let telemetry = crate::telemetry::logs::init(json, &rt);
+    let code = match rt.block_on(dispatch(cli.command, json)) {
         Ok(code) => code,
         Err(e) => {
             if json {
@@ -183,27 +183,10 @@ pub fn main() -> i32 {
             eprintln!("error: {e}");
             e.exit_code()
         }
-    }
-}
-
-fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if json { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("MLPIPE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        let _ = builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_writer(std::io::stdout)
-            .try_init();
-    } else {
-        let _ = builder
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .try_init();
-    }
+    };
+    // Spans are flushed before the process exits, whatever the outcome.
+    telemetry.shutdown();
+    code
 }
 
 fn overrides(a: &PipelineArgs) -> Result<Overrides> {

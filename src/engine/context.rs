@@ -46,6 +46,9 @@ pub struct StageCtx {
     pub progress: ProgressBar,
     outputs: Mutex<Vec<OutputRecord>>,
     samples: Mutex<Vec<crate::telemetry::Sample>>,
+    /// Rows read and written by this attempt (the stage span's `rows_in` / `rows_out`).
+    rows_in: std::sync::atomic::AtomicU64,
+    rows_out: std::sync::atomic::AtomicU64,
 }
 
 impl StageCtx {
@@ -64,6 +67,8 @@ impl StageCtx {
             progress,
             outputs: Mutex::new(Vec::new()),
             samples: Mutex::new(Vec::new()),
+            rows_in: Default::default(),
+            rows_out: Default::default(),
         }
     }
 
@@ -78,7 +83,13 @@ impl StageCtx {
 
     /// Writes one output atomically and records it (with its SHA-256) for the manifest.
     pub async fn write(&self, name: &str, file: &str, bytes: Bytes) -> Result<OutputRecord> {
+        use tracing::Instrument;
         let path = self.output_path(file);
+        let span = tracing::info_span!("write", file = %path, bytes = bytes.len());
+        self.write_inner(name, path, bytes).instrument(span).await
+    }
+
+    async fn write_inner(&self, name: &str, path: String, bytes: Bytes) -> Result<OutputRecord> {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let rec = OutputRecord {
             name: name.to_string(),
@@ -129,6 +140,7 @@ impl StageCtx {
                     self.stage.name
                 ))
             })??;
+        self.count_rows_out(batch.num_rows());
         let rec = self.write(name, file, bytes).await?;
         self.shared
             .tables
@@ -180,11 +192,19 @@ impl StageCtx {
 
     /// Reads a table written by an upstream stage (from the in-process cache when possible).
     pub async fn read_table(&self, out: &OutputRecord) -> Result<Arc<RecordBatch>> {
-        if let Some(t) = self.shared.tables.lock().unwrap().get(&out.path) {
-            return Ok(t.clone());
+        use tracing::Instrument;
+        let cached = self.shared.tables.lock().unwrap().get(&out.path).cloned();
+        if let Some(t) = cached {
+            self.count_rows_in(t.num_rows());
+            return Ok(t);
         }
-        let b =
-            Arc::new(crate::data::reader::read_parquet(&self.shared.artifacts, &out.path).await?);
+        let span = tracing::info_span!("load", file = %out.path);
+        let b = Arc::new(
+            crate::data::reader::read_parquet(&self.shared.artifacts, &out.path)
+                .instrument(span)
+                .await?,
+        );
+        self.count_rows_in(b.num_rows());
         self.shared
             .tables
             .lock()
@@ -216,6 +236,22 @@ impl StageCtx {
     pub fn emit(&self, e: crate::telemetry::Event) {
         e.log();
         self.samples.lock().unwrap().extend(e.samples());
+    }
+
+    pub fn count_rows_in(&self, n: usize) {
+        self.rows_in
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn count_rows_out(&self, n: usize) {
+        self.rows_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Rows read and written so far.
+    pub fn rows(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.rows_in.load(Relaxed), self.rows_out.load(Relaxed))
     }
 
     /// The samples emitted so far (the engine takes them once the attempt ends).

@@ -415,8 +415,37 @@ impl ManifestWriter {
     }
 }
 
-/// Executes a plan.
+/// Executes a plan, inside the run's root span (`run <pipeline>`: pipeline, run id, status).
 pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "run",
+        otel.name = %format!("run {}", p.name),
+        pipeline = %p.name,
+        run_id = %plan.run_id,
+        resumed = plan.resumed,
+        status = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let out = execute_in_span(p, plan, o).instrument(span.clone()).await;
+    let failed = match &out {
+        Ok(o) => o.manifest.status != RunStatus::Succeeded,
+        Err(_) => true,
+    };
+    span.record("status", if failed { "failed" } else { "succeeded" });
+    if failed {
+        span.record("otel.status_code", "ERROR");
+        let why = match &out {
+            Ok(o) => o.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        span.record("otel.status_description", why.as_str());
+    }
+    out
+}
+
+async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
     let started = Instant::now();
     let faults = faults::Faults::from_env()?;
     let mut manifest = match plan.existing.clone() {
@@ -585,11 +614,28 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
                 bar.set_prefix(st.name.clone());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 let (shared, writer) = (shared.clone(), writer.clone());
-                running.spawn(async move {
-                    let r = run_stage(shared, st, upstream, writer, bar.clone()).await;
-                    bar.finish_and_clear();
-                    (i, r)
-                });
+                let span = tracing::info_span!(
+                    "stage",
+                    otel.name = %st.name,
+                    pipeline = %p.name,
+                    run_id = %shared.run_id,
+                    stage = %st.name,
+                    kind = st.kind.name(),
+                    attempt = tracing::field::Empty,
+                    rows_in = tracing::field::Empty,
+                    rows_out = tracing::field::Empty,
+                    status = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
+                );
+                running.spawn(tracing::Instrument::instrument(
+                    async move {
+                        let r = run_stage(shared, st, upstream, writer, bar.clone()).await;
+                        bar.finish_and_clear();
+                        (i, r)
+                    },
+                    span,
+                ));
             }
         }
         let Some(joined) = running.join_next().await else {
@@ -776,6 +822,11 @@ async fn run_stage(
         };
         let outputs = ctx.take_outputs();
         let samples = ctx.take_samples();
+        let (rows_in, rows_out) = ctx.rows();
+        let span = tracing::Span::current();
+        span.record("attempt", total);
+        span.record("rows_in", rows_in);
+        span.record("rows_out", rows_out);
         match result {
             Ok(done) => {
                 let elapsed = t0.elapsed().as_secs_f64();
@@ -813,6 +864,7 @@ async fn run_stage(
                     .artifacts
                     .put_json(&cache_path(&name, &rec.fingerprint), &entry)
                     .await?;
+                span.record("status", "succeeded");
                 let e = crate::telemetry::Event::StageFinished {
                     pipeline: &shared.pipeline.name,
                     stage: &name,
@@ -843,6 +895,9 @@ async fn run_stage(
                 }
                 let elapsed = t0.elapsed().as_secs_f64();
                 let kind = e.kind();
+                span.record("status", "failed");
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", msg.as_str());
                 writer
                     .lock()
                     .await

@@ -144,13 +144,17 @@ pub async fn dataset_table(
     name: &str,
     expected_fingerprint: Option<&str>,
 ) -> Result<Arc<Table>> {
-    read_dataset(
+    use tracing::Instrument;
+    let t = read_dataset(
         ctx.shared.clone(),
         ctx.progress.clone(),
         name.to_string(),
         expected_fingerprint.map(String::from),
     )
-    .await
+    .instrument(tracing::info_span!("load", dataset = %name))
+    .await?;
+    ctx.count_rows_in(t.num_rows());
+    Ok(t)
 }
 
 /// Reads several datasets in parallel (one task each, so decoding uses every core).
@@ -158,20 +162,19 @@ pub async fn dataset_tables(ctx: &StageCtx, names: &[String]) -> Result<Vec<Arc<
     let tasks: Vec<_> = names
         .iter()
         .map(|n| {
-            tokio::spawn(read_dataset(
-                ctx.shared.clone(),
-                ctx.progress.clone(),
-                n.clone(),
-                None,
+            tokio::spawn(tracing::Instrument::instrument(
+                read_dataset(ctx.shared.clone(), ctx.progress.clone(), n.clone(), None),
+                tracing::info_span!("load", dataset = %n),
             ))
         })
         .collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        out.push(
-            t.await
-                .map_err(|e| crate::error::Error::Infra(format!("a reader task failed: {e}")))??,
-        );
+        let t = t
+            .await
+            .map_err(|e| crate::error::Error::Infra(format!("a reader task failed: {e}")))??;
+        ctx.count_rows_in(t.num_rows());
+        out.push(t);
     }
     Ok(out)
 }

@@ -237,6 +237,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         ctx.emit(crate::telemetry::Event::ModelRegistered {
             model: m,
             version,
+            model_id: &doc.model_id,
             status: status.as_str().unwrap_or("unknown"),
             reason: doc.reason.as_deref(),
         });

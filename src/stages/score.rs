@@ -45,7 +45,8 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
         let artifact: Artifact = ctx.read_json(&out).await?;
         let t = table.clone();
         let a = artifact.clone();
-        let (pred, matrix) = tokio::task::spawn_blocking(move || a.predict(&t))
+        let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
+        let (pred, matrix) = tokio::task::spawn_blocking(move || span.in_scope(|| a.predict(&t)))
             .await
             .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
             .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;

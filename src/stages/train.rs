@@ -105,10 +105,12 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
     let stage = ctx.stage.name.clone();
     let name = model_name.to_string();
     let started = Instant::now();
-    let fitted = tokio::task::spawn_blocking(move || fit(&table, &recipe, &model))
-        .await
-        .map_err(|e| Error::Infra(format!("stage `{stage}`: training panicked: {e}")))?
-        .map_err(|e| Error::Data(format!("model `{name}`: {e}")))?;
+    let parent = tracing::Span::current();
+    let fitted =
+        tokio::task::spawn_blocking(move || parent.in_scope(|| fit(&table, &recipe, &model)))
+            .await
+            .map_err(|e| Error::Infra(format!("stage `{stage}`: training panicked: {e}")))?
+            .map_err(|e| Error::Data(format!("model `{name}`: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let Fitted {
         artifact,
@@ -211,10 +213,12 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         ));
     }
     let views: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
-    let fitted = model.algorithm.fit(&views, &yt, model.task, &transform)?;
+    let fitted = tracing::info_span!("fit", model = %model.name, algorithm = model.algorithm.name(), rows = yt.len())
+        .in_scope(|| model.algorithm.fit(&views, &yt, model.task, &transform))?;
     let xh = matrix.take(&hold_rows);
     let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
-    let ph = fitted.predict(&hviews)?;
+    let ph = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
+        .in_scope(|| fitted.predict(&hviews))?;
     let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
     let metrics = evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;

@@ -92,6 +92,8 @@ pub enum Event<'a> {
     ModelRegistered {
         model: &'a str,
         version: u32,
+        /// The registry's id of the version (`churn_v3`), logged as `model_version`.
+        model_id: &'a str,
         status: &'a str,
         reason: Option<&'a str>,
     },
@@ -257,12 +259,14 @@ impl Event<'_> {
             Event::ModelRegistered {
                 model,
                 version,
+                model_id,
                 status,
                 reason,
             } => {
                 tracing::info!(
                     model,
-                    model_version = version,
+                    model_version = model_id,
+                    version,
                     status,
                     reason,
                     "model registered"

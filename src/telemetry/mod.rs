@@ -12,6 +12,7 @@
 //! on `/metrics` while the run lasts when `--metrics-addr` is given.
 
 pub mod events;
+pub mod logs;
 
 use std::sync::Arc;
 

@@ -43,7 +43,10 @@ impl Project {
             .env_remove("MLPIPE_DATA")
             .env_remove("MLPIPE_ARTIFACTS")
             .env_remove("MLPIPE_METRICS_ADDR")
-            .env_remove("PROMETHEUS_PUSHGATEWAY_URL");
+            .env_remove("PROMETHEUS_PUSHGATEWAY_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL");
         if !args.contains(&"--log-format") {
             c.args(["--log-format", "pretty"]);
         }

@@ -408,3 +408,328 @@ fn dashboards_and_alerts_only_use_metrics_the_pipeline_emits() {
         );
     }
 }
+
+/// Every customer id of the fixtures' input.
+fn customer_ids(p: &Project) -> Vec<String> {
+    let mut ids = Vec::new();
+    for f in parquet_files(&p.path("data")) {
+        let b = read_parquet(&f);
+        if let Some(c) = b.column_by_name("customer_id") {
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
+            let s = c
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            ids.extend(s.iter().flatten().map(String::from));
+        }
+    }
+    ids
+}
+
+#[test]
+fn json_logs_carry_the_seeds_fields_and_no_customer_id() {
+    let p = Project::new(true);
+    let o = p.mlpipe(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "j1",
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut traces = std::collections::BTreeSet::new();
+    let mut functions = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for k in [
+            "timestamp",
+            "level",
+            "service",
+            "function",
+            "run_id",
+            "trace_id",
+            "span_id",
+            "model_version",
+        ] {
+            assert!(v.get(k).is_some(), "`{k}` missing: {line}");
+        }
+        assert_eq!(v["service"], "mlpipe");
+        functions.insert(v["function"].as_str().unwrap().to_string());
+        // Every line of a stage is in the run's trace (the summary printed after the run is
+        // outside it).
+        if v["function"] != "mlpipe" {
+            assert_eq!(v["run_id"], "j1", "{line}");
+            traces.insert(
+                v["trace_id"]
+                    .as_str()
+                    .expect("a trace id inside the run")
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(traces.len(), 1, "one trace for the run: {traces:?}");
+    for stage in [
+        "load",
+        "validate",
+        "train_churn",
+        "score",
+        "register",
+        "health",
+    ] {
+        assert!(
+            functions.contains(stage),
+            "no log line from `{stage}`: {functions:?}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"model_version\":\"churn_v1\"")),
+        "register/health lines name the model version"
+    );
+    // No customer id anywhere in what the run printed or in its metrics and manifest.
+    let ids = customer_ids(&p);
+    assert!(ids.len() >= 40_000, "{}", ids.len());
+    let metrics = metrics_prom(&p, "j1");
+    let manifest = std::fs::read_to_string(p.path("runs/j1/manifest.json")).unwrap();
+    let printed = format!("{out}{}", stderr(&o));
+    for id in &ids {
+        assert!(
+            !printed.contains(id.as_str()),
+            "customer id {id} in the run's output"
+        );
+        assert!(
+            !metrics.contains(id.as_str()),
+            "customer id {id} in metrics.prom"
+        );
+        assert!(
+            !manifest.contains(id.as_str()),
+            "customer id {id} in manifest.json"
+        );
+    }
+}
+
+/// An attribute of an exported span as text (the fake collector keeps the protobuf value's
+/// Debug form, e.g. `Some(AnyValue { value: Some(StringValue("o1")) })`).
+fn attr(s: &fake_opentelemetry_collector::ExportedSpan, key: &str) -> String {
+    let raw = s
+        .attributes
+        .get(key)
+        .unwrap_or_else(|| panic!("{}: no `{key}`", s.name));
+    let inner = raw
+        .split_once("Value(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(v, _)| v)
+        .unwrap_or(raw);
+    inner.trim_matches('"').to_string()
+}
+
+/// Runs mlpipe on a blocking thread (the test's runtime keeps serving the collector).
+async fn mlpipe_async(
+    p: std::sync::Arc<Project>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        p.mlpipe_env(&a, &e)
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_receiver_gets_one_span_per_stage_under_one_root_span() {
+    let mut collector = fake_opentelemetry_collector::FakeCollectorServer::start()
+        .await
+        .unwrap();
+    let p = std::sync::Arc::new(Project::new(true));
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            collector.endpoint(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            "grpc".to_string(),
+        ),
+    ];
+    // A successful run.
+    let o = mlpipe_async(
+        p.clone(),
+        strings(&["run", "--as-of", AS_OF, "--run-id", "o1"]),
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let spans = collector
+        .exported_spans(10_000, Duration::from_secs(3))
+        .await;
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(
+        roots.len(),
+        1,
+        "one root: {:?}",
+        roots.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let root = roots[0];
+    assert_eq!(root.name, "run engagement");
+    assert_eq!(attr(root, "run_id"), "o1");
+    let stages: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .collect();
+    let mut names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "drift",
+            "fairness",
+            "health",
+            "load",
+            "prepare",
+            "register",
+            "score",
+            "train_churn",
+            "train_engagement",
+            "train_ltv",
+            "validate"
+        ],
+        "one span per stage, children of the root"
+    );
+    for s in &stages {
+        for k in [
+            "pipeline", "run_id", "stage", "attempt", "rows_in", "rows_out", "status",
+        ] {
+            assert!(
+                s.attributes.contains_key(k),
+                "{}: no `{k}` in {:?}",
+                s.name,
+                s.attributes
+            );
+        }
+        assert_eq!(attr(s, "status"), "succeeded");
+        assert!(spans.iter().all(|x| x.trace_id == root.trace_id));
+    }
+    let span_of = |name: &str| stages.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(attr(span_of("load"), "rows_in"), "40000");
+    let children = |parent: &str, name: &str| {
+        let id = &span_of(parent).span_id;
+        spans
+            .iter()
+            .filter(|s| &s.parent_span_id == id && s.name == name)
+            .count()
+    };
+    assert_eq!(children("train_churn", "fit"), 1);
+    assert!(children("score", "predict") >= 3);
+    assert!(children("validate", "write") >= 3);
+    assert!(children("validate", "load") >= 1);
+
+    // A failing run: its spans arrive too, the failed stage and the root marked as errors.
+    let mut env_fail = env.clone();
+    env_fail.push(("MLPIPE_FAULTS".into(), "train_ltv=fail".into()));
+    let o = mlpipe_async(
+        p.clone(),
+        strings(&["run", "--as-of", AS_OF, "--run-id", "o2", "--force"]),
+        env_fail,
+    )
+    .await;
+    assert_ne!(o.status.code(), Some(0));
+    let spans = collector
+        .exported_spans(10_000, Duration::from_secs(3))
+        .await;
+    let root = spans
+        .iter()
+        .find(|s| s.parent_span_id.is_empty())
+        .expect("the failed run's root span");
+    assert_eq!(attr(root, "run_id"), "o2");
+    assert_eq!(
+        root.status.as_ref().map(|s| s.code.as_str()),
+        Some("STATUS_CODE_ERROR")
+    );
+    let failed = spans
+        .iter()
+        .find(|s| s.name == "train_ltv" && s.parent_span_id == root.span_id)
+        .unwrap();
+    assert_eq!(attr(failed, "status"), "failed");
+    assert_eq!(
+        failed.status.as_ref().map(|s| s.code.as_str()),
+        Some("STATUS_CODE_ERROR")
+    );
+    assert!(spans
+        .iter()
+        .any(|s| s.name == "validate" && s.parent_span_id == root.span_id));
+}
+
+#[test]
+fn spans_are_exported_over_otlp_http_too() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if r.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let (mut len, mut ctype) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = lower.strip_prefix("content-type:") {
+                    ctype = v.trim().to_string();
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send((request_line, ctype, body));
+        }
+    });
+    let p = Project::new(true);
+    let endpoint = format!("http://{addr}");
+    let o = p.mlpipe_env(
+        &[
+            "run", "--as-of", AS_OF, "--run-id", "h1", "--to", "validate",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut got = Vec::new();
+    while let Ok(r) = rx.recv_timeout(Duration::from_secs(3)) {
+        got.push(r);
+    }
+    assert!(!got.is_empty(), "no OTLP/HTTP request arrived");
+    let (line, ctype, _) = &got[0];
+    assert!(line.starts_with("POST /v1/traces "), "{line}");
+    assert_eq!(ctype, "application/x-protobuf");
+    let all: Vec<u8> = got.iter().flat_map(|g| g.2.clone()).collect();
+    let text = String::from_utf8_lossy(&all);
+    for name in ["run engagement", "validate", "h1", "mlpipe"] {
+        assert!(text.contains(name), "`{name}` not in the exported spans");
+    }
+}
