@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod quality;
 pub mod registry;
+pub mod report;
 pub mod stages;
 pub mod stats;
 pub mod storage;

@@ -134,6 +134,7 @@ pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str) -> String {
         "\nManifest: {}/{}/manifest.json",
         artifacts_url, m.run_id
     );
+    let _ = writeln!(s, "Report:   {}/{}/report.html", artifacts_url, m.run_id);
     s
 }
 

@@ -694,6 +694,11 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
     }
     let manifest = writer.lock().await.manifest.clone();
     finish_telemetry(&p, &manifest, &artifacts, &telemetry, o).await;
+    let report = format!("{}/report.html", manifest.run_id);
+    let html = crate::report::build(&manifest, &artifacts).await;
+    if let Err(e) = artifacts.put(&report, bytes::Bytes::from(html)).await {
+        tracing::warn!(error = %e, "cannot write {report}");
+    }
     if let Some(task) = server {
         task.abort();
     }

@@ -10,5 +10,6 @@ mod models;
 mod pipeline_file;
 mod quality;
 mod registry;
+mod report;
 mod run;
 mod telemetry;
