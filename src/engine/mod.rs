@@ -447,6 +447,12 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
 
 async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
     let started = Instant::now();
+    // Whatever identifies a record is logged only masked.
+    crate::telemetry::logs::mask_fields(
+        p.datasets
+            .values()
+            .flat_map(|d| d.primary_key.iter().cloned()),
+    );
     let faults = faults::Faults::from_env()?;
     let mut manifest = match plan.existing.clone() {
         Some(mut m) => {

@@ -24,8 +24,21 @@ use super::mask_pii;
 /// The `service` of every log line and the default OpenTelemetry service name.
 pub const SERVICE: &str = "mlpipe";
 
-/// Field names whose values are customer identifiers: logged only masked.
-const PII_FIELDS: &[&str] = &["customer_id", "customer", "key"];
+/// Field names whose values identify a person and are logged only masked: every dataset's
+/// primary-key columns (registered by the engine from the pipeline file, see [`mask_fields`]).
+static PII_FIELDS: std::sync::RwLock<std::collections::BTreeSet<String>> =
+    std::sync::RwLock::new(std::collections::BTreeSet::new());
+
+/// Adds field names whose values are written to logs only masked.
+pub fn mask_fields(names: impl IntoIterator<Item = String>) {
+    if let Ok(mut set) = PII_FIELDS.write() {
+        set.extend(names);
+    }
+}
+
+fn is_pii(name: &str) -> bool {
+    PII_FIELDS.read().is_ok_and(|s| s.contains(name))
+}
 
 /// Holds the tracer provider; flush it with [`Guard::shutdown`] before exiting.
 pub struct Guard {
@@ -132,7 +145,7 @@ pub fn init(json: bool, rt: &tokio::runtime::Runtime) -> Guard {
 
 /// One JSON object per event: `timestamp, level, service, function` (the stage, or `mlpipe`
 /// outside one), `run_id, trace_id, span_id, model_version` (null when there is none), then
-/// the fields of the enclosing spans and of the event. Customer ids are masked.
+/// the fields of the enclosing spans and of the event. Key fields ([`mask_fields`]) are masked.
 pub struct JsonLines;
 
 struct Fields(serde_json::Map<String, serde_json::Value>);
@@ -140,7 +153,7 @@ struct Fields(serde_json::Map<String, serde_json::Value>);
 impl Fields {
     fn put(&mut self, field: &Field, v: serde_json::Value) {
         let name = field.name();
-        let v = match (&v, PII_FIELDS.contains(&name)) {
+        let v = match (&v, is_pii(name)) {
             (serde_json::Value::String(s), true) => serde_json::Value::String(mask_pii(s)),
             (serde_json::Value::Null, _) | (_, false) => v,
             (other, true) => serde_json::Value::String(mask_pii(&other.to_string())),
@@ -242,5 +255,52 @@ where
         }
         o.insert("target".into(), event.metadata().target().into());
         writeln!(writer, "{}", serde_json::Value::Object(o))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_fields_are_logged_masked() {
+        use tracing_subscriber::fmt::MakeWriter;
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> MakeWriter<'a> for Buf {
+            type Writer = Buf;
+            fn make_writer(&'a self) -> Buf {
+                self.clone()
+            }
+        }
+        mask_fields(["account_ref".to_string()]);
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .with_writer(buf.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("stage", stage = "validate", run_id = "r1");
+            let _g = span.enter();
+            tracing::info!(account_ref = "CUST-000001", rows = 3, "duplicate key");
+        });
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["account_ref"], mask_pii("CUST-000001"));
+        assert_eq!(v["function"], "validate");
+        assert_eq!(v["run_id"], "r1");
+        assert_eq!(v["rows"], 3);
+        assert!(v["trace_id"].is_null(), "no OpenTelemetry layer here");
+        assert!(!line.contains("CUST-000001"));
     }
 }
