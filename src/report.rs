@@ -64,6 +64,14 @@ fn bars(items: &[(String, f64, bool)], max: f64, threshold: Option<f64>, unit: &
     s
 }
 
+/// A status enum as its serialised text (`succeeded`, `failed`, ...).
+fn status_text<T: serde::Serialize>(status: T) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn status_class(s: &str) -> &'static str {
     match s {
         "pass" | "succeeded" | "production" | "true" => "ok",
@@ -101,8 +109,7 @@ fn timeline(m: &Manifest) -> String {
         format!(r#"<svg class="chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">"#);
     for (i, (name, r, t)) in spans.iter().enumerate() {
         let y = i as f64 * row + 4.0;
-        let status = serde_json::to_value(r.status).unwrap_or_default();
-        let status = status.as_str().unwrap_or("");
+        let status = &status_text(r.status);
         let color = match status_class(status) {
             "ok" => "#5cb85c",
             "bad" => "#d9534f",
@@ -152,8 +159,7 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
     let _ = write!(body, "<h2>Stages</h2>{}", timeline(m));
     body.push_str("<table><tr><th>stage</th><th>kind</th><th>status</th><th>attempts</th><th>seconds</th><th>error</th></tr>");
     for (n, r) in &m.stages {
-        let st = serde_json::to_value(r.status).unwrap_or_default();
-        let st = st.as_str().unwrap_or("");
+        let st = &status_text(r.status);
         let _ = write!(
             body,
             r#"<tr><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
@@ -433,8 +439,7 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
         }
     }
 
-    let status = serde_json::to_value(m.status).unwrap_or_default();
-    let status = status.as_str().unwrap_or("");
+    let status = &status_text(m.status);
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

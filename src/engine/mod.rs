@@ -544,7 +544,7 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
     for ps in &plan.stages {
         if let (Action::Done | Action::Reuse { .. }, Some(r)) = (&ps.action, &ps.record) {
             telemetry.record(&r.samples);
-            let e = crate::telemetry::Event::StageFinished {
+            telemetry.emit(crate::telemetry::Event::StageFinished {
                 pipeline: &p.name,
                 stage: &ps.name,
                 status: if matches!(ps.action, Action::Done) {
@@ -553,9 +553,7 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
                     "reused"
                 },
                 seconds: 0.0,
-            };
-            e.log();
-            telemetry.record(&e.samples());
+            });
         }
     }
 
@@ -754,16 +752,14 @@ async fn finish_telemetry(
             .flatten()
             .map(|l| l.unix_seconds)
     };
-    let e = crate::telemetry::Event::RunFinished {
+    t.emit(crate::telemetry::Event::RunFinished {
         pipeline: &p.name,
         run_id: &m.run_id,
         status: if succeeded { "succeeded" } else { "failed" },
         seconds: m.duration_s.unwrap_or(0.0),
         cost_usd: m.cost_usd.unwrap_or(0.0),
         last_success,
-    };
-    e.log();
-    t.record(&e.samples());
+    });
     let text = t.render();
     let path = format!("{}/metrics.prom", m.run_id);
     if let Err(e) = artifacts.put(&path, bytes::Bytes::from(text)).await {
@@ -876,29 +872,29 @@ async fn run_stage(
                     .put_json(&cache_path(&name, &rec.fingerprint), &entry)
                     .await?;
                 span.record("status", "succeeded");
-                let e = crate::telemetry::Event::StageFinished {
-                    pipeline: &shared.pipeline.name,
-                    stage: &name,
-                    status: "succeeded",
-                    seconds: elapsed,
-                };
-                e.log();
-                shared.telemetry.record(&e.samples());
+                shared
+                    .telemetry
+                    .emit(crate::telemetry::Event::StageFinished {
+                        pipeline: &shared.pipeline.name,
+                        stage: &name,
+                        status: "succeeded",
+                        seconds: elapsed,
+                    });
                 return Ok(());
             }
             Err(e) => {
                 let retryable = matches!(e, Error::Storage(_) | Error::Infra(_));
                 let will_retry = retryable && attempt < max_attempts;
                 let msg = e.to_string();
-                let event = crate::telemetry::Event::StageAttemptFailed {
-                    pipeline: &shared.pipeline.name,
-                    stage: &name,
-                    attempt: total,
-                    error: &msg,
-                    will_retry,
-                };
-                event.log();
-                shared.telemetry.record(&event.samples());
+                shared
+                    .telemetry
+                    .emit(crate::telemetry::Event::StageAttemptFailed {
+                        pipeline: &shared.pipeline.name,
+                        stage: &name,
+                        attempt: total,
+                        error: &msg,
+                        will_retry,
+                    });
                 if will_retry {
                     let wait = st.retry_backoff * 2u32.saturating_pow(attempt - 1);
                     tokio::time::sleep(wait).await;

@@ -158,6 +158,13 @@ impl Telemetry {
         }
     }
 
+    /// Logs an event and records its samples at once (for events of the run itself; a stage
+    /// emits through `StageCtx::emit`, which keeps its samples for the manifest).
+    pub fn emit(&self, e: Event) {
+        e.log();
+        self.record(&e.samples());
+    }
+
     /// The metrics in the Prometheus text format (what `metrics.prom` holds).
     pub fn render(&self) -> String {
         self.handle.render()

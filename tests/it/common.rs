@@ -154,3 +154,16 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Fails with how to install `tool` (a Debian `package`) when it is not on the PATH.
+pub fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: run scripts/test.sh (it installs it) or `apt-get install {package}`"
+    );
+}

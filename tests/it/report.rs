@@ -9,12 +9,7 @@ use crate::common::*;
 /// Renders `page` with headless Chromium: the screenshot (PNG) and the URLs the *page* asked
 /// for (from Chromium's net log; the browser's own background requests have no page origin).
 fn render(page: &Path, png: &Path) -> Vec<String> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "`chromium` is not installed: run scripts/test.sh (it installs it) or `apt-get install chromium`");
+    need("chromium", "chromium");
     let netlog = png.with_extension("netlog.json");
     let o = Command::new("timeout")
         .arg("120")

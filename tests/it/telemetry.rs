@@ -24,18 +24,6 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|x| x.2)
 }
 
-fn need(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is not installed: run scripts/test.sh (it installs it) or `apt-get install {package}`"
-    );
-}
-
 #[test]
 fn a_run_writes_every_metric_with_help_text_and_promtool_accepts_it() {
     let p = Project::new(true);
