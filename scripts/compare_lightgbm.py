@@ -13,7 +13,7 @@ adds its holdout metric and fit time: the measurement behind the booster choice 
 docs/ARCHITECTURE.md.
 Needs: pip install pandas pyarrow scikit-learn lightgbm
 """
-import argparse, hashlib, json, os, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 import numpy as np, pandas as pd
 import lightgbm as lgb
 from sklearn.metrics import r2_score, roc_auc_score, mean_squared_error
@@ -39,7 +39,9 @@ mlpipe_wall = time.perf_counter() - t0
 run_id = json.load(open(f"{runs}/LATEST"))["run_id"]
 manifest = json.load(open(f"{runs}/{run_id}/manifest.json"))
 clean = pd.read_parquet(f"{runs}/" + next(o["path"] for o in manifest["stages"]["validate"]["outputs"] if o["name"] == "customers.clean"))
-bucket = clean["customer_id"].map(lambda s: int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) % 100)
+# mlpipe's split bucket (SHA-256 of the raw id, mod 100, as the peer's split), computed before the
+# id is pseudonymised.
+bucket = clean["_bucket"]
 tr, te = clean[bucket < 80], clean[bucket >= 80]
 NUM = ["age", "tenure_months", "sessions_30d", "avg_session_minutes", "days_since_last_login", "features_used",
        "support_tickets_90d", "payment_failures_90d", "monthly_spend", "email_open_rate", "discount_pct"]

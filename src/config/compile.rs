@@ -20,7 +20,8 @@ pub struct Overrides {
     pub inputs: Vec<(String, String)>,
     /// `--as-of`
     pub as_of: Option<String>,
-    /// Read `MLPIPE_DATA`, `MLPIPE_ARTIFACTS` and `MLPIPE_REGISTRY` for the storage roots.
+    /// Read `MLPIPE_DATA`, `MLPIPE_ARTIFACTS` and `MLPIPE_REGISTRY` for the storage roots, and
+    /// `MLPIPE_PSEUDONYM_KEY` for the pseudonyms of personal data.
     pub env: bool,
 }
 
@@ -141,6 +142,14 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
     let default_backoff = duration(&run.retry_backoff, "run.retry_backoff", &mut problems)
         .unwrap_or(Duration::from_secs(2));
     let default_retries = run.stage_retries.unwrap_or(1);
+    let pseudonyms = if ov.env {
+        crate::data::pseudonym::Pseudonyms::from_env().unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            Default::default()
+        })
+    } else {
+        Default::default()
+    };
 
     let datasets = compile_datasets(&dataset_specs, &mut problems);
     let quality = compile_quality(&quality_spec, &datasets, &mut problems);
@@ -173,6 +182,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         stages,
         dag,
         resolved,
+        pseudonyms,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct Pipeline {
     /// The pipeline file's resolved values (after `--set`, `--input` and the environment), as
     /// recorded in the manifest.
     pub resolved: serde_json::Value,
+    /// How personal-data columns (`pii`) are pseudonymised in the tables a run writes.
+    pub pseudonyms: crate::data::pseudonym::Pseudonyms,
 }
 
 /// The three storage roots, as URLs.

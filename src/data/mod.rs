@@ -2,6 +2,7 @@
 //! Arrow arrays are the in-memory form everywhere; Parquet is the only file format.
 
 pub mod adapt;
+pub mod pseudonym;
 pub mod reader;
 pub mod writer;
 

@@ -447,11 +447,11 @@ pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<Run
 
 async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
     let started = Instant::now();
-    // Whatever identifies a record is logged only masked.
+    // Whatever identifies a record, and any personal data, is logged only masked.
     crate::telemetry::logs::mask_fields(
         p.datasets
             .values()
-            .flat_map(|d| d.primary_key.iter().cloned()),
+            .flat_map(|d| d.primary_key.iter().chain(&d.pii).cloned()),
     );
     let faults = faults::Faults::from_env()?;
     let mut manifest = match plan.existing.clone() {

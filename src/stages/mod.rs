@@ -81,8 +81,9 @@ pub fn datasets_read(st: &Stage) -> Vec<String> {
 pub fn kind_version(st: &Stage) -> u32 {
     match &st.kind {
         StageKind::Load { .. } => 1,
-        StageKind::Validate { .. } => 1,
-        StageKind::Prepare { .. } => 1,
+        // 2: personal data pseudonymised, `_bucket` in the clean rows.
+        StageKind::Validate { .. } => 2,
+        StageKind::Prepare { .. } => 2,
         StageKind::Train { .. } => 1,
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
@@ -111,7 +112,7 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
             serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "data": p.storage.data })
         }
         StageKind::Validate { datasets: d } => {
-            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "quality": p.quality })
+            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "quality": p.quality, "pseudonyms": p.pseudonyms.scheme() })
         }
         StageKind::Prepare { dataset, .. } => {
             serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })

@@ -1,10 +1,15 @@
 //! `prepare`: fixes the train/holdout split of the validated rows. A row's side depends only on
 //! its key (the first four bytes of SHA-256 of the key, big-endian, mod 100), so a customer never
-//! changes side between runs, whatever else changes in the data. Writes `prepare.json`: the
+//! changes side between runs, whatever else changes in the data. `validate` computes the bucket
+//! from the raw key (the `_bucket` column of the clean rows) before it pseudonymises personal data,
+//! so the split is the Python peer's whatever the pseudonym key. Writes `prepare.json`: the
 //! clean data it refers to, the rule, and the row counts. Each model fits its own feature
 //! transform on the training side (see the `train` stage).
 
-use arrow::array::{Array, AsArray};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, UInt8Array};
+use arrow::datatypes::{DataType, Field, Schema, UInt8Type};
 use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -34,6 +39,38 @@ impl Recipe {
     pub fn cut(&self) -> u8 {
         ((1.0 - self.holdout) * 100.0).round() as u8
     }
+}
+
+/// The column of the clean rows holding each row's split bucket.
+pub const BUCKET: &str = "_bucket";
+
+/// `batch` with a `_bucket` column: the buckets of the rows of `raw` (the same rows, with the key
+/// in clear).
+pub fn with_buckets(batch: &RecordBatch, raw: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
+    let b = buckets(raw, key)?;
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(BUCKET, DataType::UInt8, false));
+    let mut cols = batch.columns().to_vec();
+    cols.push(Arc::new(UInt8Array::from(b)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Error::Infra(format!("adding split buckets: {e}")))
+}
+
+/// The split buckets of the clean rows (their `_bucket` column).
+pub fn split_buckets(clean: &RecordBatch, dataset: &str) -> Result<Vec<u8>> {
+    let a = clean.column_by_name(BUCKET).ok_or_else(|| {
+        Error::Data(format!(
+            "the clean rows of `{dataset}` have no `{BUCKET}` column (written by an older mlpipe); re-run its validate stage with --force"
+        ))
+    })?;
+    a.as_primitive_opt::<UInt8Type>()
+        .map(|p| p.values().to_vec())
+        .ok_or_else(|| Error::Data(format!("`{BUCKET}` of `{dataset}` is not uint8")))
 }
 
 /// Each row's bucket in 0..100, from its key.
@@ -81,19 +118,13 @@ pub async fn run(ctx: &StageCtx, dataset: &str, holdout: f64) -> Result<StageDon
     let source = ctx.upstream_output(&name, "validate")?;
     let table = ctx.read_table(&source).await?;
     let key = ctx.pipeline().datasets[dataset].primary_key.clone();
-    let b = {
-        let t = table.clone();
-        let k = key.clone();
-        tokio::task::spawn_blocking(move || buckets(&t, &k))
-            .await
-            .map_err(|e| Error::Infra(format!("split failed: {e}")))??
-    };
+    let b = split_buckets(&table, dataset)?;
     let mut recipe = Recipe {
         dataset: dataset.to_string(),
         source,
         key,
         holdout,
-        rule: "bucket = first 4 bytes of SHA-256(key) (big-endian) mod 100; training side when bucket < cut".into(),
+        rule: "bucket = first 4 bytes of SHA-256(raw key) (big-endian) mod 100, the clean rows' `_bucket`; training side when bucket < cut".into(),
         rows: table.num_rows() as u64,
         train_rows: 0,
         holdout_rows: 0,

@@ -1,5 +1,6 @@
 //! `score`: applies every trained model to the validated rows of a dataset (the seeds' "results
-//! table"). Writes `scores.parquet`: the key columns, one prediction column per model
+//! table"). Writes `scores.parquet`: the key columns (personal-data keys as the pseudonyms
+//! `validate` wrote, see [`crate::data::pseudonym`]), one prediction column per model
 //! (probabilities for binary models), one version column per model, and `scored_at`. Categories
 //! a model never saw in training are scored with the shared "other" code and counted.
 

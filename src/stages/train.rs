@@ -10,7 +10,7 @@ use arrow::array::{ArrayRef, Float64Array, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use indexmap::IndexMap;
 
-use super::prepare::{buckets, Recipe};
+use super::prepare::{split_buckets, Recipe};
 use super::StageDone;
 use crate::config::{Model, Task};
 use crate::engine::context::StageCtx;
@@ -186,7 +186,7 @@ struct Fitted {
 }
 
 fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
-    let b = buckets(table, &recipe.key).map_err(|e| e.to_string())?;
+    let b = split_buckets(table, &recipe.dataset).map_err(|e| e.to_string())?;
     let cut = recipe.cut();
     let train_rows: Vec<u32> = (0..b.len() as u32)
         .filter(|&r| b[r as usize] < cut)

@@ -1,6 +1,8 @@
 //! `validate`: the checks of SPEC §6 on each dataset. Writes `quality.json`, and per dataset the
-//! clean rows (`<dataset>/clean.parquet`) and the QA table of rejected rows with their reasons
-//! (`<dataset>/rejected.parquet`, columns `_row` and `_reasons` added). A failed check whose
+//! clean rows (`<dataset>/clean.parquet`, with the split bucket `_bucket` of each row's key) and
+//! the QA table of rejected rows with their reasons (`<dataset>/rejected.parquet`, columns `_row`
+//! and `_reasons` added). Both tables carry the dataset's `pii` columns as pseudonyms
+//! ([`crate::data::pseudonym`]), never in clear. A failed check whose
 //! action is `stop` fails the stage (exit 1) after the report and QA table are written.
 
 use std::sync::Arc;
@@ -141,8 +143,15 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
         }
     }
 
-    // The clean rows and the QA table.
-    let batch = &table.batch;
+    // The clean rows and the QA table, with personal data pseudonymised.
+    let raw = &table.batch;
+    let pii = &p.datasets[name].pii;
+    let batch = &{
+        let (b, cols, ps) = (raw.clone(), pii.clone(), p.pseudonyms.clone());
+        tokio::task::spawn_blocking(move || ps.apply(&b, &cols))
+            .await
+            .map_err(|e| Error::Infra(format!("pseudonymising panicked: {e}")))??
+    };
     let keep: BooleanArray = (0..batch.num_rows())
         .map(|r| Some(!outcome.rejected.contains_key(&(r as u32))))
         .collect();
@@ -177,8 +186,18 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
     )
     .await?;
     if stops.is_empty() {
+        let key = p.datasets[name].primary_key.clone();
+        let batch = if key.is_empty() {
+            batch.clone()
+        } else {
+            // The split bucket comes from the raw key, before pseudonyms replace it.
+            let (b, r) = (batch.clone(), raw.clone());
+            tokio::task::spawn_blocking(move || super::prepare::with_buckets(&b, &r, &key))
+                .await
+                .map_err(|e| Error::Infra(format!("split buckets panicked: {e}")))??
+        };
         let clean =
-            filter_record_batch(batch, &keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
+            filter_record_batch(&batch, &keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
         ctx.write_table(
             &format!("{name}.clean"),
             &format!("{name}/clean.parquet"),

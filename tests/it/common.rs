@@ -42,6 +42,8 @@ impl Project {
             .env_remove("MLPIPE_FAULTS")
             .env_remove("MLPIPE_DATA")
             .env_remove("MLPIPE_ARTIFACTS")
+            .env_remove("MLPIPE_REGISTRY")
+            .env_remove("MLPIPE_PSEUDONYM_KEY")
             .env_remove("MLPIPE_METRICS_ADDR")
             .env_remove("PROMETHEUS_PUSHGATEWAY_URL")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -133,8 +135,9 @@ pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
         .unwrap()
         .build()
         .unwrap();
+    let schema = arrow::array::RecordBatchReader::schema(&r);
     let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 
 /// Every `*.parquet` file under a folder, sorted.

@@ -1,6 +1,7 @@
 //! `validate` on `mlpipe generate --defects` output reports exactly what truth.json lists.
 
 use arrow::array::{Array, AsArray};
+use sha2::Digest;
 
 use crate::common::*;
 
@@ -117,10 +118,33 @@ fn validate_reports_exactly_the_injected_defects() {
         })
         .collect();
     assert_eq!(got, want);
-    assert!(
-        qa.column_by_name("customer_id").is_some(),
-        "the QA table keeps the row's columns"
-    );
+    // The QA table keeps the row's columns, the customer id as its pseudonym (SHA-256 of the
+    // id, 32 hex characters, no key set): the input's id at `_row`, never the id itself.
+    let input: Vec<String> = parquet_files(&p.path("data/customers"))
+        .iter()
+        .flat_map(|f| {
+            let b = read_parquet(f);
+            let c = b
+                .column_by_name("customer_id")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            c.iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ids = qa.column_by_name("customer_id").unwrap().as_string::<i32>();
+    for i in 0..qa.num_rows() {
+        let raw = &input[rows.value(i) as usize];
+        let want = sha2::Sha256::digest(raw.as_bytes());
+        assert_eq!(
+            ids.value(i),
+            &hex::encode(want)[..32],
+            "row {}",
+            rows.value(i)
+        );
+    }
 
     // Clean data downstream: every row but the rejected ones.
     let clean = read_parquet(&p.path("runs/go/validate/customers/clean.parquet"));
@@ -162,4 +186,89 @@ fn freshness_is_measured_against_as_of() {
         "{}",
         stderr(&o)
     );
+}
+
+/// With `MLPIPE_PSEUDONYM_KEY` set, every table carries HMAC-SHA256 pseudonyms (Python:
+/// `hmac.new(key, id.encode(), "sha256").hexdigest()[:32]`); the split, and so every metric, is
+/// the same as without a key; a new key re-runs validate rather than reusing tables made with the
+/// old one; a key too short to be secret is refused before anything runs.
+#[test]
+fn pseudonym_key_makes_keyed_pseudonyms_without_changing_the_split() {
+    let p = Project::new(true);
+    const KEY: &str = "an-example-key-of-32-characters!";
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "plain"]);
+    let o = p.mlpipe_env(
+        &["run", "--as-of", AS_OF, "--run-id", "keyed"],
+        &[("MLPIPE_PSEUDONYM_KEY", KEY)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        p.manifest("keyed")["stages"]["validate"]["status"],
+        "succeeded"
+    );
+    assert!(p.manifest("keyed")["stages"]["validate"]["reused_from"].is_null());
+
+    let raw: Vec<String> = parquet_files(&p.path("data/current"))
+        .iter()
+        .flat_map(|f| {
+            let b = read_parquet(f);
+            let c = b
+                .column_by_name("customer_id")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            c.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    let mac = |id: &str| {
+        // HMAC-SHA256 written out (RFC 2104), independent of the product's code.
+        let mut k = [0u8; 64];
+        k[..KEY.len()].copy_from_slice(KEY.as_bytes());
+        let inner = sha2::Sha256::new()
+            .chain_update(k.map(|b| b ^ 0x36))
+            .chain_update(id.as_bytes())
+            .finalize();
+        let outer = sha2::Sha256::new()
+            .chain_update(k.map(|b| b ^ 0x5c))
+            .chain_update(inner)
+            .finalize();
+        hex::encode(outer)[..32].to_string()
+    };
+    let want: std::collections::HashSet<String> = raw.iter().map(|id| mac(id)).collect();
+    let scores = read_parquet(&p.path("runs/keyed/score/scores.parquet"));
+    let got = scores
+        .column_by_name("customer_id")
+        .unwrap()
+        .as_string::<i32>();
+    assert!(got.len() > 0);
+    for k in got.iter().flatten() {
+        assert!(
+            want.contains(k),
+            "{k} is not the keyed pseudonym of an input id"
+        );
+    }
+    let plain = read_parquet(&p.path("runs/plain/score/scores.parquet"));
+    assert_ne!(
+        plain.column_by_name("customer_id"),
+        scores.column_by_name("customer_id")
+    );
+    // Same split, same models: identical holdout metrics.
+    for m in ["engagement", "churn", "ltv"] {
+        let metrics = |run: &str| {
+            let v = p.json(&format!("runs/{run}/train_{m}/metrics.json"));
+            (v["rows"].clone(), v["metrics"].clone())
+        };
+        assert_eq!(metrics("plain"), metrics("keyed"), "{m}");
+    }
+    let o = p.mlpipe_env(
+        &["run", "--as-of", AS_OF],
+        &[("MLPIPE_PSEUDONYM_KEY", "short")],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("MLPIPE_PSEUDONYM_KEY"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("short\n") && !stderr(&o).contains("`short`"));
 }
