@@ -46,6 +46,49 @@ pub enum Command {
     Registry(RegistryArgs),
     /// The daily model health check; exits 1 when a model is unhealthy.
     Health(PipelineArgs),
+    /// Export the pipeline for another orchestrator.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    pub command: ExportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// An AWS Step Functions state machine (Amazon States Language JSON) with one ECS
+    /// `runTask.sync` task per stage. Placeholders `${ClusterArn}`, `${TaskDefinitionArn}`,
+    /// `${SubnetId}`, `${SecurityGroupId}` stand for what is not given.
+    StepFunctions(StepFunctionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StepFunctionsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The ECS cluster (name or ARN).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The task definition (family, family:revision or ARN) whose container runs mlpipe.
+    #[arg(long)]
+    pub task_definition: Option<String>,
+    /// The container name in the task definition.
+    #[arg(long, default_value = "mlpipe")]
+    pub container: String,
+    /// A subnet for the tasks (repeatable).
+    #[arg(long = "subnet")]
+    pub subnets: Vec<String>,
+    /// A security group for the tasks (repeatable).
+    #[arg(long = "security-group")]
+    pub security_groups: Vec<String>,
+    /// Give the tasks a public IP (for subnets without a NAT gateway).
+    #[arg(long)]
+    pub assign_public_ip: bool,
+    /// Write the definition here instead of standard output.
+    #[arg(long, short)]
+    pub out: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +355,35 @@ async fn dispatch(cmd: Command, json: bool) -> Result<i32> {
                     artifacts.url_of("health/latest.json")
                 )))
             }
+        }
+        Command::Export(ExportArgs {
+            command: ExportCommand::StepFunctions(a),
+        }) => {
+            let p = config::compile_file(&a.pipeline.pipeline, &overrides(&a.pipeline)?)?;
+            let mut t = crate::export::EcsTarget::default();
+            if let Some(c) = a.cluster {
+                t.cluster = c;
+            }
+            if let Some(d) = a.task_definition {
+                t.task_definition = d;
+            }
+            t.container = a.container;
+            if !a.subnets.is_empty() {
+                t.subnets = a.subnets;
+            }
+            if !a.security_groups.is_empty() {
+                t.security_groups = a.security_groups;
+            }
+            t.assign_public_ip = a.assign_public_ip;
+            let def = crate::export::step_functions(&p, &a.pipeline.pipeline, &t);
+            let mut text = serde_json::to_string_pretty(&def)?;
+            text.push('\n');
+            match a.out {
+                None => print!("{text}"),
+                Some(f) => std::fs::write(&f, text)
+                    .map_err(|e| Error::Usage(format!("cannot write {f}: {e}")))?,
+            }
+            Ok(0)
         }
         Command::Registry(a) => {
             let p = config::compile_file(

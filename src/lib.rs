@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fairness;
 pub mod generate;
 pub mod health;

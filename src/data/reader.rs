@@ -223,10 +223,12 @@ async fn read_file(
 ) -> Result<FileColumns> {
     let url = store.url_of(&f.path);
     let corrupt = |e: parquet::errors::ParquetError| {
-        Error::Data(format!(
-            "dataset `{}`: {url} is not a readable Parquet file ({e}); replace or remove it",
-            ds.name
-        ))
+        storage_failure(&e, &url).unwrap_or_else(|| {
+            Error::Data(format!(
+                "dataset `{}`: {url} is not a readable Parquet file ({e}); replace or remove it",
+                ds.name
+            ))
+        })
     };
     let (os, path) = store.object(&f.path);
     #[allow(deprecated)]
@@ -300,6 +302,17 @@ async fn read_file(
     Ok((out, bad, rows))
 }
 
+/// A Parquet error that is really the storage failing (denied, unreachable): a storage error
+/// (exit 4), not a corrupt file (exit 3).
+fn storage_failure(e: &parquet::errors::ParquetError, url: &str) -> Option<Error> {
+    match e {
+        parquet::errors::ParquetError::External(inner) => inner
+            .downcast_ref::<object_store::Error>()
+            .map(|os| crate::storage::fail("read", url, os)),
+        _ => None,
+    }
+}
+
 /// Reads a Parquet file written by a stage, as it is (no adaptation).
 pub async fn read_parquet(store: &Store, rel: &str) -> Result<RecordBatch> {
     let info = store
@@ -308,7 +321,9 @@ pub async fn read_parquet(store: &Store, rel: &str) -> Result<RecordBatch> {
         .ok_or_else(|| Error::Data(format!("{} does not exist", store.url_of(rel))))?;
     let url = store.url_of(rel);
     let corrupt = |e: parquet::errors::ParquetError| {
-        Error::Data(format!("{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"))
+        storage_failure(&e, &url).unwrap_or_else(|| {
+            Error::Data(format!("{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"))
+        })
     };
     let (os, path) = store.object(rel);
     #[allow(deprecated)]

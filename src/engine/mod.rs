@@ -396,22 +396,89 @@ fn fingerprint(
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..16].to_string()
 }
 
-/// Updates the manifest and persists it after every change.
+/// Updates the manifest and persists it after every change. Several invocations may update one
+/// run's manifest at once (Step Functions runs each stage as its own task): every write is
+/// conditional on the version last seen, and on a conflict the writer re-reads the manifest,
+/// keeps its own stages' records and takes everyone else's, and writes again.
 struct ManifestWriter {
     manifest: Manifest,
     artifacts: Store,
+    /// The stored manifest's e-tag as last read or written; `None` before it exists (or on a
+    /// backend without e-tags).
+    etag: Option<String>,
+    stored: bool,
+    /// The stages this invocation executes: the only records it owns.
+    owned: BTreeSet<String>,
+    /// Whether a write of this invocation has landed (and so counted it in `invocations`).
+    landed: bool,
 }
 
 impl ManifestWriter {
+    fn path(&self) -> String {
+        format!("{}/manifest.json", self.manifest.run_id)
+    }
+
+    /// Takes from the stored manifest what other invocations own.
+    async fn merge_stored(&mut self) -> Result<()> {
+        let Some((bytes, tag)) = self.artifacts.get_versioned(&self.path()).await? else {
+            self.stored = false;
+            self.etag = None;
+            return Ok(());
+        };
+        let theirs: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Data(format!(
+                "{} is not valid: {e}; delete it or restore it from a backup",
+                self.artifacts.url_of(&self.path())
+            ))
+        })?;
+        for (name, rec) in theirs.stages {
+            if !self.owned.contains(&name) && rec.status != StageStatus::NotSelected {
+                self.manifest.stages.insert(name, rec);
+            }
+        }
+        for (k, v) in theirs.inputs {
+            self.manifest.inputs.entry(k).or_insert(v);
+        }
+        // This invocation counts once: on top of theirs until its first write has landed.
+        self.manifest.invocations = theirs.invocations + u32::from(!self.landed);
+        self.stored = true;
+        self.etag = tag;
+        Ok(())
+    }
+
     async fn update<R>(&mut self, f: impl FnOnce(&mut Manifest) -> R) -> Result<R> {
         let r = f(&mut self.manifest);
-        self.artifacts
-            .put_json(
-                &format!("{}/manifest.json", self.manifest.run_id),
-                &self.manifest,
-            )
-            .await?;
-        Ok(r)
+        for _ in 0..50 {
+            let mut v = serde_json::to_vec_pretty(&self.manifest)?;
+            v.push(b'\n');
+            let expected = match (self.stored, &self.etag) {
+                (false, _) => None,
+                (true, Some(t)) => Some(t.as_str()),
+                // Stored, but the backend gives no e-tags: nothing to compare with.
+                (true, None) => {
+                    self.artifacts.put(&self.path(), v.into()).await?;
+                    self.landed = true;
+                    return Ok(r);
+                }
+            };
+            match self
+                .artifacts
+                .put_conditional(&self.path(), v.into(), expected)
+                .await?
+            {
+                crate::storage::Conditional::Written(tag) => {
+                    self.etag = tag;
+                    self.stored = true;
+                    self.landed = true;
+                    return Ok(r);
+                }
+                crate::storage::Conditional::Conflict => self.merge_stored().await?,
+            }
+        }
+        Err(Error::Infra(format!(
+            "{}: 50 conflicting concurrent updates in a row; too many invocations are writing this run at once",
+            self.artifacts.url_of(&self.path())
+        )))
     }
 }
 
@@ -514,10 +581,24 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
         );
     }
     let artifacts = plan.artifacts.clone();
-    let writer = Arc::new(Mutex::new(ManifestWriter {
+    let owned = plan
+        .stages
+        .iter()
+        .filter(|s| matches!(s.action, Action::Run))
+        .map(|s| s.name.clone())
+        .collect();
+    let mut w = ManifestWriter {
         manifest,
         artifacts: artifacts.clone(),
-    }));
+        etag: None,
+        stored: false,
+        owned,
+        landed: false,
+    };
+    if plan.existing.is_some() {
+        w.merge_stored().await?;
+    }
+    let writer = Arc::new(Mutex::new(w));
     writer.lock().await.update(|_| ()).await?;
     artifacts
         .put_json(
@@ -928,4 +1009,97 @@ async fn run_stage(
         }
     }
     unreachable!("the loop returns on the last attempt")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(run: &str, stages: &[&str]) -> Manifest {
+        Manifest {
+            run_id: run.into(),
+            pipeline: "p".into(),
+            pipeline_file: "p.toml".into(),
+            status: RunStatus::Running,
+            started_at: String::new(),
+            finished_at: None,
+            duration_s: None,
+            cost_usd: None,
+            invocations: 1,
+            code_version: CODE_VERSION.into(),
+            as_of: String::new(),
+            inputs: Default::default(),
+            stages: stages
+                .iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        StageRecord::new("train", StageStatus::NotSelected, String::new()),
+                    )
+                })
+                .collect(),
+            config: serde_json::Value::Null,
+        }
+    }
+
+    /// Eight invocations of one run, each executing its own stage and writing the manifest five
+    /// times, all at once on a store with atomic conditional puts: no record and no invocation is
+    /// lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_invocations_of_one_run_lose_no_update() {
+        let store = Store::open("memory://manifest-cas/runs").unwrap();
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut first = ManifestWriter {
+            manifest: manifest("r", &refs),
+            artifacts: store.clone(),
+            etag: None,
+            stored: false,
+            owned: BTreeSet::new(),
+            landed: false,
+        };
+        first.update(|_| ()).await.unwrap();
+        let tasks: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (store, name, refs) = (store.clone(), name.clone(), refs.clone());
+                let refs: Vec<String> = refs.iter().map(|s| s.to_string()).collect();
+                tokio::spawn(async move {
+                    let r: Vec<&str> = refs.iter().map(String::as_str).collect();
+                    let mut w = ManifestWriter {
+                        manifest: manifest("r", &r),
+                        artifacts: store,
+                        etag: None,
+                        stored: false,
+                        owned: [name.clone()].into(),
+                        landed: false,
+                    };
+                    w.merge_stored().await.unwrap();
+                    for attempt in 1..=5u32 {
+                        w.update(|m| {
+                            let rec = m.stages.get_mut(&name).unwrap();
+                            rec.status = StageStatus::Running;
+                            rec.attempts = attempt;
+                        })
+                        .await
+                        .unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    w.update(|m| m.stages.get_mut(&name).unwrap().status = StageStatus::Succeeded)
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let m: Manifest = store.get_json("r/manifest.json").await.unwrap().unwrap();
+        for name in &names {
+            let rec = &m.stages[name];
+            assert_eq!(rec.status, StageStatus::Succeeded, "{name}");
+            assert_eq!(rec.attempts, 5, "{name}");
+        }
+        assert_eq!(m.invocations, 9);
+    }
 }

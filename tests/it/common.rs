@@ -44,6 +44,15 @@ impl Project {
             .env_remove("MLPIPE_ARTIFACTS")
             .env_remove("MLPIPE_REGISTRY")
             .env_remove("MLPIPE_PSEUDONYM_KEY")
+            .env_remove("MLPIPE_STORAGE_RETRIES")
+            .env_remove("MLPIPE_STORAGE_RETRY_TIMEOUT")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
             .env_remove("MLPIPE_METRICS_ADDR")
             .env_remove("PROMETHEUS_PUSHGATEWAY_URL")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -160,6 +169,11 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Fails with how to install `tool` (a Debian `package`) when it is not on the PATH.
 pub fn need(tool: &str, package: &str) {
+    need_installed(tool, &format!("apt-get install {package}"));
+}
+
+/// Fails with how to install `tool` (the command `install`) when it is not on the PATH.
+pub fn need_installed(tool: &str, install: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -167,6 +181,27 @@ pub fn need(tool: &str, package: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "`{tool}` is not installed: run scripts/test.sh (it installs it) or `apt-get install {package}`"
+        "`{tool}` is not installed: run scripts/test.sh (it installs it) or `{install}`"
     );
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{what} did not start listening on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

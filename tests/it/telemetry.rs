@@ -186,14 +186,6 @@ impl Drop for Pushgateway {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET `http://127.0.0.1:PORT/PATH` over a plain socket: the body of a 200 response.
 fn http_get(url: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -17,6 +17,8 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+pub mod s3;
+
 /// An object store rooted at a prefix, addressed by relative paths such as `run-1/load/load.json`.
 #[derive(Clone)]
 pub struct Store {
@@ -31,6 +33,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// What a conditional put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written; the object's new e-tag.
+    Written(Option<String>),
+    /// Someone else changed (or created) the object first: nothing was written.
+    Conflict,
+}
+
 /// One object found under a store: its path relative to the store, and its metadata.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectInfo {
@@ -39,6 +50,21 @@ pub struct ObjectInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e_tag: Option<String>,
     pub last_modified: String,
+}
+
+/// A storage error as a person reads it: what failed, where, and what to check.
+pub fn fail(action: &str, url: &str, e: &object_store::Error) -> Error {
+    let hint = match e {
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
+        }
+        _ if e.to_string().contains("error sending request") || e.to_string().contains("retries") => {
+            "; the storage endpoint did not answer: check AWS_ENDPOINT_URL and that the server is up \
+             (retries: MLPIPE_STORAGE_RETRIES, MLPIPE_STORAGE_RETRY_TIMEOUT)"
+        }
+        _ => "",
+    };
+    Error::Storage(format!("cannot {action} {url}: {e}{hint}"))
 }
 
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
@@ -98,16 +124,15 @@ impl Store {
                     .map_err(|e| Error::Usage(format!("`{location}` cannot be opened: {e}")))?;
                 (Arc::from(store), path)
             }
+            "s3" | "s3a" => {
+                let prefix = Path::parse(url.path().trim_matches('/'))
+                    .map_err(|e| Error::Usage(format!("`{location}` has an invalid path: {e}")))?;
+                (Arc::new(s3::open(&url)?), prefix)
+            }
             other => {
-                let (store, path) =
-                    object_store::parse_url_opts(&url, crate::storage::env_options(other))
-                        .map_err(|e| {
-                            Error::Usage(format!(
-                                "`{location}`: storage scheme `{other}` is not available in this build ({e}); \
-                                 use file://, memory:// or a path"
-                            ))
-                        })?;
-                (Arc::from(store), path)
+                return Err(Error::Usage(format!(
+                    "`{location}`: storage scheme `{other}` is not supported; use s3://, file://, memory:// or a path"
+                )))
             }
         };
         Ok(Store {
@@ -168,24 +193,23 @@ impl Store {
             object_store::Error::NotFound { .. } => {
                 Error::Data(format!("{} does not exist", self.url_of(rel)))
             }
-            e => Error::Storage(format!("cannot read {}: {e}", self.url_of(rel))),
+            e => fail("read", &self.url_of(rel), &e),
         })?;
         res.bytes()
             .await
-            .map_err(|e| Error::Storage(format!("cannot read {}: {e}", self.url_of(rel))))
+            .map_err(|e| fail("read", &self.url_of(rel), &e))
     }
 
     /// Reads an object, or `None` when it does not exist.
     pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
         match self.inner.get(&self.path(rel)).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| {
-                Error::Storage(format!("cannot read {}: {e}", self.url_of(rel)))
-            })?)),
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| fail("read", &self.url_of(rel), &e))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Storage(format!(
-                "cannot read {}: {e}",
-                self.url_of(rel)
-            ))),
+            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
         }
     }
 
@@ -194,7 +218,7 @@ impl Store {
         self.inner
             .put(&self.path(rel), PutPayload::from_bytes(bytes))
             .await
-            .map_err(|e| Error::Storage(format!("cannot write {}: {e}", self.url_of(rel))))?;
+            .map_err(|e| fail("write", &self.url_of(rel), &e))?;
         Ok(())
     }
 
@@ -209,10 +233,59 @@ impl Store {
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(Error::Storage(format!(
-                "cannot write {}: {e}",
-                self.url_of(rel)
-            ))),
+            Err(e) => Err(fail("write", &self.url_of(rel), &e)),
+        }
+    }
+
+    /// Reads an object with its e-tag (for [`Store::put_conditional`]), or `None` when absent.
+    pub async fn get_versioned(&self, rel: &str) -> Result<Option<(Bytes, Option<String>)>> {
+        match self.inner.get(&self.path(rel)).await {
+            Ok(r) => {
+                let tag = r.meta.e_tag.clone();
+                let b = r
+                    .bytes()
+                    .await
+                    .map_err(|e| fail("read", &self.url_of(rel), &e))?;
+                Ok(Some((b, tag)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
+        }
+    }
+
+    /// Writes `rel` only if it is unchanged since it was read with e-tag `expected` (`None`: only
+    /// if it does not exist): S3's `If-Match` / `If-None-Match`. Backends without conditional
+    /// updates (local folders) write the update unconditionally.
+    pub async fn put_conditional(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Conditional> {
+        let mode = match expected {
+            None => object_store::PutMode::Create,
+            Some(tag) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(tag.to_string()),
+                version: None,
+            }),
+        };
+        let path = self.path(rel);
+        let payload = PutPayload::from_bytes(bytes.clone());
+        match self.inner.put_opts(&path, payload, mode.into()).await {
+            Ok(r) => Ok(Conditional::Written(r.e_tag)),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(Conditional::Conflict),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                let r = self
+                    .inner
+                    .put(&path, PutPayload::from_bytes(bytes))
+                    .await
+                    .map_err(|e| fail("write", &self.url_of(rel), &e))?;
+                Ok(Conditional::Written(r.e_tag))
+            }
+            Err(e) => Err(fail("write", &self.url_of(rel), &e)),
         }
     }
 
@@ -241,10 +314,7 @@ impl Store {
         match self.inner.head(&self.path(rel)).await {
             Ok(m) => Ok(Some(self.info(&m))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Storage(format!(
-                "cannot read {}: {e}",
-                self.url_of(rel)
-            ))),
+            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
         }
     }
 
@@ -256,7 +326,7 @@ impl Store {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| Error::Storage(format!("cannot list {}: {e}", self.url_of(rel_prefix))))?;
+            .map_err(|e| fail("list", &self.url_of(rel_prefix), &e))?;
         let mut out: Vec<ObjectInfo> = metas.iter().map(|m| self.info(m)).collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -266,10 +336,7 @@ impl Store {
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self.inner.delete(&self.path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::Storage(format!(
-                "cannot delete {}: {e}",
-                self.url_of(rel)
-            ))),
+            Err(e) => Err(fail("delete", &self.url_of(rel), &e)),
         }
     }
 
@@ -281,19 +348,6 @@ impl Store {
             last_modified: m.last_modified.to_rfc3339(),
         }
     }
-}
-
-/// Storage options for remote schemes, from the standard environment variables.
-pub(crate) fn env_options(scheme: &str) -> Vec<(String, String)> {
-    let mut opts = Vec::new();
-    if scheme == "s3" || scheme == "s3a" {
-        for (k, v) in std::env::vars() {
-            if let Some(key) = k.strip_prefix("AWS_") {
-                opts.push((format!("aws_{}", key.to_ascii_lowercase()), v));
-            }
-        }
-    }
-    opts
 }
 
 #[cfg(test)]
