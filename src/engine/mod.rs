@@ -584,7 +584,8 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
     let owned = plan
         .stages
         .iter()
-        .filter(|s| matches!(s.action, Action::Run))
+        // The records this invocation decides: what it executes and what it reuses.
+        .filter(|s| matches!(s.action, Action::Run | Action::Reuse { .. }))
         .map(|s| s.name.clone())
         .collect();
     let mut w = ManifestWriter {
