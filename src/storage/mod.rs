@@ -202,15 +202,7 @@ impl Store {
 
     /// Reads an object, or `None` when it does not exist.
     pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
-        match self.inner.get(&self.path(rel)).await {
-            Ok(r) => Ok(Some(
-                r.bytes()
-                    .await
-                    .map_err(|e| fail("read", &self.url_of(rel), &e))?,
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
-        }
+        Ok(self.get_versioned(rel).await?.map(|(b, _)| b))
     }
 
     /// Writes a whole object atomically: readers see the old object or the new one, never a part.

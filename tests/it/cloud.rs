@@ -228,23 +228,7 @@ fn registry_result(state: impl Fn(&str) -> Option<Vec<u8>>) -> BTreeMap<String, 
 
 /// Every object the server holds under a key prefix.
 fn objects_under(s3: &S3, prefix: &str) -> Vec<PathBuf> {
-    let dir = s3.object(prefix);
-    if !dir.exists() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut todo = vec![dir];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_under(&s3.object(prefix))
 }
 
 #[test]

@@ -149,21 +149,50 @@ pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
     arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 
-/// Every `*.parquet` file under a folder, sorted.
-pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+/// Every file under a folder (none if it does not exist), sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
                 todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
+            } else {
                 out.push(p);
             }
         }
     }
     out.sort();
+    out
+}
+
+/// Every `*.parquet` file under a folder, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect()
+}
+
+/// One column of every Parquet file under a folder, in file and row order, as text (a null as
+/// ""; files without the column contribute nothing).
+pub fn column_text(dir: &Path, column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in parquet_files(dir) {
+        let b = read_parquet(&f);
+        if let Some(c) = b.column_by_name(column) {
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
+            let s = c
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            out.extend(s.iter().map(|v| v.unwrap_or_default().to_string()));
+        }
+    }
     out
 }
 

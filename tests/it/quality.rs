@@ -120,20 +120,7 @@ fn validate_reports_exactly_the_injected_defects() {
     assert_eq!(got, want);
     // The QA table keeps the row's columns, the customer id as its pseudonym (SHA-256 of the
     // id, 32 hex characters, no key set): the input's id at `_row`, never the id itself.
-    let input: Vec<String> = parquet_files(&p.path("data/customers"))
-        .iter()
-        .flat_map(|f| {
-            let b = read_parquet(f);
-            let c = b
-                .column_by_name("customer_id")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            c.iter()
-                .map(|v| v.unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let input = column_text(&p.path("data/customers"), "customer_id");
     let ids = qa.column_by_name("customer_id").unwrap().as_string::<i32>();
     for i in 0..qa.num_rows() {
         let raw = &input[rows.value(i) as usize];
@@ -208,18 +195,7 @@ fn pseudonym_key_makes_keyed_pseudonyms_without_changing_the_split() {
     );
     assert!(p.manifest("keyed")["stages"]["validate"]["reused_from"].is_null());
 
-    let raw: Vec<String> = parquet_files(&p.path("data/current"))
-        .iter()
-        .flat_map(|f| {
-            let b = read_parquet(f);
-            let c = b
-                .column_by_name("customer_id")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            c.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
-        })
-        .collect();
+    let raw = column_text(&p.path("data/current"), "customer_id");
     let mac = |id: &str| {
         // HMAC-SHA256 written out (RFC 2104), independent of the product's code.
         let mut k = [0u8; 64];

@@ -411,23 +411,6 @@ impl IdSet {
     }
 }
 
-/// Every file under a folder.
-fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A Parquet table's values as text, one line per column value (columns that have no text form
 /// are left out).
 fn parquet_text(f: &std::path::Path) -> String {
@@ -450,18 +433,8 @@ fn parquet_text(f: &std::path::Path) -> String {
 
 /// Every customer id of the fixtures' input.
 fn customer_ids(p: &Project) -> Vec<String> {
-    let mut ids = Vec::new();
-    for f in parquet_files(&p.path("data")) {
-        let b = read_parquet(&f);
-        if let Some(c) = b.column_by_name("customer_id") {
-            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap();
-            let s = c
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            ids.extend(s.iter().flatten().map(String::from));
-        }
-    }
+    let mut ids = column_text(&p.path("data"), "customer_id");
+    ids.retain(|id| !id.is_empty());
     ids
 }
 
@@ -542,7 +515,7 @@ fn json_logs_carry_the_seeds_fields_and_no_customer_id() {
     );
     let mut files = 0;
     for dir in ["runs", "models"] {
-        for f in all_files(&p.path(dir)) {
+        for f in files_under(&p.path(dir)) {
             let text = if f.extension().is_some_and(|x| x == "parquet") {
                 parquet_text(&f)
             } else {
