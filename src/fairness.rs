@@ -60,6 +60,44 @@ pub fn groups(
         .collect()
 }
 
+/// Per-group counts of rows, selected rows, positives and selected positives, indexed by group
+/// number: what [`groups`] tallies, without labels, for the bootstrap's many resamples.
+pub type Counts = [u64; 4];
+
+/// Adds one row to its group's counts.
+pub fn tally(c: &mut Counts, selected: bool, positive: bool) {
+    c[0] += 1;
+    c[1] += u64::from(selected);
+    c[2] += u64::from(positive);
+    c[3] += u64::from(selected && positive);
+}
+
+/// The demographic parity and equal-opportunity ratios of per-group counts: the same figures as
+/// [`groups`] followed by the two ratio functions (a group with no rows does not exist).
+pub fn ratios_of_counts(counts: &[Counts], min_size: u64) -> (f64, f64) {
+    let counted = || counts.iter().filter(|c| c[0] > 0 && c[0] >= min_size);
+    let min_max = |vals: &mut dyn Iterator<Item = f64>| {
+        let (mut lo, mut hi, mut any) = (f64::INFINITY, f64::NEG_INFINITY, false);
+        for v in vals {
+            (lo, hi, any) = (lo.min(v), hi.max(v), true);
+        }
+        if any {
+            lo / hi
+        } else {
+            f64::NAN
+        }
+    };
+    let dpr = min_max(&mut counted().map(|c| c[1] as f64 / c[0] as f64));
+    let eor = min_max(&mut counted().map(|c| {
+        if c[2] == 0 {
+            0.0
+        } else {
+            c[3] as f64 / c[2] as f64
+        }
+    }));
+    (dpr, eor)
+}
+
 /// min ÷ max of a per-group value over the counted groups (NaN when none is counted or the
 /// largest is 0, as fairlearn's `ratio(method="between_groups")`).
 fn ratio(groups: &BTreeMap<String, Group>, value: impl Fn(&Group) -> f64) -> f64 {
@@ -126,6 +164,29 @@ mod tests {
             equal_opportunity_ratio(&groups(&G, &decisions(), Some(&y), 0)),
             0.0
         );
+    }
+
+    #[test]
+    fn ratios_of_counts_equal_the_ratios_of_groups() {
+        let d = decisions();
+        for min_size in [0, 4, 5, 6] {
+            let g = groups(&G, &d, Some(&YB), min_size);
+            let mut counts = vec![[0u64; 4]; 4]; // group "d" has no rows
+            for ((l, s), t) in G.iter().zip(&d).zip(YB) {
+                let k = (l.as_bytes()[0] - b'a') as usize;
+                tally(&mut counts[k], *s, t);
+            }
+            let (dpr, eor) = ratios_of_counts(&counts, min_size);
+            let same = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
+            assert!(
+                same(dpr, demographic_parity_ratio(&g)),
+                "min_size {min_size}"
+            );
+            assert!(
+                same(eor, equal_opportunity_ratio(&g)),
+                "min_size {min_size}"
+            );
+        }
     }
 
     #[test]

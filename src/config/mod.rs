@@ -215,6 +215,11 @@ impl StageKind {
         }
     }
 
+    /// Whether stages of this kind decode the input datasets (the others read stage outputs).
+    pub fn reads_datasets(&self) -> bool {
+        matches!(self, StageKind::Load { .. } | StageKind::Validate { .. })
+    }
+
     /// The kinds this build knows, for messages.
     pub const KNOWN: &'static [&'static str] = &[
         "load", "validate", "prepare", "train", "score", "drift", "fairness", "register", "health",

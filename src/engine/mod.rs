@@ -664,6 +664,7 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
         .map(|s| p.stage_index(&s.name).unwrap())
         .collect();
     let mut running: JoinSet<(usize, Result<()>)> = JoinSet::new();
+    let mut in_flight: Vec<usize> = Vec::new();
     let mut first_error: Option<(usize, Error)> = None;
     loop {
         if first_error.is_none() {
@@ -679,6 +680,7 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
                 .collect();
             for i in ready {
                 pending.retain(|&x| x != i);
+                in_flight.push(i);
                 let st = p.stages[i].clone();
                 // Every ancestor's record: a stage may read outputs from further up the DAG.
                 let upstream: HashMap<String, StageRecord> = p
@@ -728,6 +730,16 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
             break;
         };
         let (i, r) = joined.map_err(|e| Error::Infra(format!("a stage task panicked: {e}")))?;
+        in_flight.retain(|&x| x != i);
+        // The decoded input datasets are the largest tables in memory; once no stage that reads
+        // them is left, they go.
+        if !pending
+            .iter()
+            .chain(&in_flight)
+            .any(|&j| p.stages[j].kind.reads_datasets())
+        {
+            shared.datasets.lock().unwrap().clear();
+        }
         if let Err(e) = r {
             if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
                 first_error = Some((i, e));

@@ -3,6 +3,19 @@
 //! all rows and repeatedly splits the leaf with the largest gain, building the histogram of the
 //! smaller child and deriving the larger one by subtraction. No sampling, so training is
 //! deterministic: the same data and parameters give the same trees, bit for bit.
+//!
+//! Where the time goes, and what keeps it short (profiled on 800 000 rows × 15 features):
+//! - Histograms of a leaf's rows read the rows' bins and gradients in row order but with gaps,
+//!   from arrays far larger than the caches; each row's data is prefetched a few dozen rows
+//!   ahead, which took these reads from about 45 to about 11 ns a row.
+//! - The root's histogram reads all rows in storage order, in parallel chunks.
+//! - Partitioning a leaf is branch-free (the left/right choice is a coin toss to the CPU).
+//! - A histogram entry is (gradient, hessian) for squared error, whose hessian sum is the row
+//!   count, and (gradient, hessian, count) for logistic loss; each feature has 256 entries, so a
+//!   byte-sized bin number indexes it without a bounds check. Counts are exact: LightGBM
+//!   estimates them from the hessian, which moves `min_data_in_leaf` decisions of logistic trees.
+//! - Scoring runs blocks of 64 rows through each tree in lockstep (leaves point to themselves),
+//!   so the inner loop has no unpredictable branch.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -93,19 +106,64 @@ pub struct Tree {
 }
 
 impl Tree {
-    fn predict_row(&self, x: &[&[f64]], r: usize) -> f64 {
-        let mut i = 0usize;
-        while self.left[i] >= 0 {
-            let v = x[self.feature[i] as usize][r];
-            i = if v <= self.threshold[i] {
-                self.left[i]
+    /// Steps from the root to the deepest leaf.
+    fn depth(&self) -> usize {
+        fn d(t: &Tree, i: usize) -> usize {
+            if t.left[i] < 0 {
+                0
             } else {
-                self.right[i]
-            } as usize;
+                1 + d(t, t.left[i] as usize).max(d(t, t.right[i] as usize))
+            }
         }
-        self.value[i]
+        d(self, 0)
     }
 }
+
+/// A tree laid out for scoring a block of rows in lockstep: a leaf points to itself, so every row
+/// takes the tree's depth in steps and the inner loop has no data-dependent branch.
+struct Lockstep {
+    nodes: Vec<Node>,
+    value: Vec<f64>,
+    depth: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Node {
+    threshold: f64,
+    feature: u32,
+    /// Child when `x <= threshold`, child otherwise (NaN goes right).
+    next: [u32; 2],
+}
+
+impl Lockstep {
+    fn new(t: &Tree) -> Self {
+        let nodes = (0..t.left.len())
+            .map(|i| {
+                if t.left[i] >= 0 {
+                    Node {
+                        threshold: t.threshold[i],
+                        feature: t.feature[i],
+                        next: [t.left[i] as u32, t.right[i] as u32],
+                    }
+                } else {
+                    Node {
+                        threshold: 0.0,
+                        feature: 0,
+                        next: [i as u32, i as u32],
+                    }
+                }
+            })
+            .collect();
+        Lockstep {
+            nodes,
+            value: t.value.clone(),
+            depth: t.depth(),
+        }
+    }
+}
+
+/// Rows scored together: their features stay in the first-level cache while every tree runs.
+const BLOCK: usize = 64;
 
 /// A trained booster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,18 +176,43 @@ pub struct Booster {
 }
 
 impl Booster {
-    /// Raw scores of column-major features (`x[feature][row]`).
+    /// Raw scores of column-major features (`x[feature][row]`): the initial score plus each
+    /// tree's leaf value, added in tree order.
     pub fn raw(&self, x: &[&[f64]]) -> Vec<f64> {
         let n = x.first().map_or(0, |c| c.len());
+        let trees: Vec<Lockstep> = self.trees.iter().map(Lockstep::new).collect();
         let mut out = vec![self.init_score; n];
-        out.par_chunks_mut(4096).enumerate().for_each(|(k, chunk)| {
-            let base = k * 4096;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                for t in &self.trees {
-                    *o += t.predict_row(x, base + j);
+        out.par_chunks_mut(8 * BLOCK)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                for (b, block) in chunk.chunks_mut(BLOCK).enumerate() {
+                    let base = k * 8 * BLOCK + b * BLOCK;
+                    // The block's rows, row-major: one row's features are adjacent.
+                    let m = block.len();
+                    let nf = x.len();
+                    let mut rows = vec![0.0; m * nf];
+                    for (f, c) in x.iter().enumerate() {
+                        for (j, v) in c[base..base + m].iter().enumerate() {
+                            rows[j * nf + f] = *v;
+                        }
+                    }
+                    let mut at = [0u32; BLOCK];
+                    for t in &trees {
+                        let at = &mut at[..m];
+                        at.fill(0);
+                        for _ in 0..t.depth {
+                            for (row, i) in rows.chunks_exact(nf).zip(at.iter_mut()) {
+                                let nd = &t.nodes[*i as usize];
+                                let v = row[nd.feature as usize];
+                                *i = nd.next[usize::from(!(v <= nd.threshold))];
+                            }
+                        }
+                        for (o, i) in block.iter_mut().zip(at.iter()) {
+                            *o += t.value[*i as usize];
+                        }
+                    }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -190,12 +273,12 @@ fn bin_bounds(col: &[f64], max_bins: usize) -> Vec<f64> {
     bounds
 }
 
-#[derive(Clone, Copy, Default)]
-struct Bin {
-    g: f64,
-    h: f64,
-    n: u32,
-}
+/// Gradient, hessian and (for N = 3) 1 of one row; summed over a bin, the last is the bin's row
+/// count. Squared error uses N = 2: its hessian is 1, so the hessian sum is the count.
+type Gh<const N: usize> = [f64; N];
+
+/// One feature's histogram. A bin number is a byte, so 256 entries need no bounds check.
+type FeatureHist<const N: usize> = [Gh<N>; 256];
 
 #[derive(Clone, Copy, Debug)]
 struct Split {
@@ -204,16 +287,15 @@ struct Split {
     bin: usize,
     gl: f64,
     hl: f64,
-    nl: u32,
 }
 
-struct Leaf {
+struct Leaf<const N: usize> {
     start: usize,
     end: usize,
     g: f64,
     h: f64,
     depth: usize,
-    hist: Vec<Bin>,
+    hist: Vec<FeatureHist<N>>,
     split: Option<Split>,
     node: usize,
 }
@@ -225,13 +307,11 @@ struct Binned {
     row_major: Vec<u8>,
     n_features: usize,
     bounds: Vec<Vec<f64>>,
-    offsets: Vec<usize>,
-    total_bins: usize,
 }
 
 impl Binned {
-    fn bin(&self, r: usize, f: usize) -> u8 {
-        self.row_major[r * self.n_features + f]
+    fn bins(&self, r: usize) -> &[u8] {
+        &self.row_major[r * self.n_features..(r + 1) * self.n_features]
     }
 }
 
@@ -253,76 +333,127 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
                 }
             }
         });
-    let mut offsets = Vec::with_capacity(bounds.len());
-    let mut total = 0;
-    for b in &bounds {
-        offsets.push(total);
-        total += b.len();
-    }
     Binned {
         row_major,
         n_features: nf,
         bounds,
-        offsets,
-        total_bins: total,
     }
 }
 
 /// Rows per histogram task: enough work per task, few partial histograms to add up.
 const HIST_CHUNK: usize = 32 * 1024;
 
-fn build_hist(b: &Binned, rows: &[u32], g: &[f64], h: &[f64]) -> Vec<Bin> {
+/// The rows of a leaf: all rows in order (the root), or a list.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    All(usize),
+    List(&'a [u32]),
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Rows::All(n) => *n,
+            Rows::List(l) => l.len(),
+        }
+    }
+}
+
+const PREFETCH: usize = 64;
+
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const T).cast(),
+        );
+    }
+}
+
+#[inline(always)]
+fn add_row<const N: usize>(hist: &mut [FeatureHist<N>], bins: &[u8], gh: Gh<N>) {
+    for (fh, &bin) in hist.iter_mut().zip(bins) {
+        let e = &mut fh[bin as usize];
+        for k in 0..N {
+            e[k] += gh[k];
+        }
+    }
+}
+
+fn build_hist<const N: usize>(b: &Binned, rows: Rows, gh: &[Gh<N>]) -> Vec<FeatureHist<N>> {
     let nf = b.n_features;
-    let fill = |chunk: &[u32]| {
-        let mut hist = vec![Bin::default(); b.total_bins];
-        for &r in chunk {
-            let r = r as usize;
-            let (gr, hr) = (g[r], h[r]);
-            let bins = &b.row_major[r * nf..(r + 1) * nf];
-            for (f, &bin) in bins.iter().enumerate() {
-                let e = &mut hist[b.offsets[f] + bin as usize];
-                e.g += gr;
-                e.h += hr;
-                e.n += 1;
+    let fill = |k: usize| {
+        let mut hist = vec![[[0.0; N]; 256]; nf];
+        match rows {
+            Rows::All(n) => {
+                let (lo, hi) = (k * HIST_CHUNK, ((k + 1) * HIST_CHUNK).min(n));
+                for (bins, gh) in b.row_major[lo * nf..hi * nf]
+                    .chunks_exact(nf)
+                    .zip(&gh[lo..hi])
+                {
+                    add_row(&mut hist, bins, *gh);
+                }
+            }
+            Rows::List(l) => {
+                let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
+                for (i, &r) in chunk.iter().enumerate() {
+                    if let Some(&ahead) = chunk.get(i + PREFETCH) {
+                        prefetch(&b.row_major[ahead as usize * nf]);
+                        prefetch(&gh[ahead as usize]);
+                    }
+                    add_row(&mut hist, b.bins(r as usize), gh[r as usize]);
+                }
             }
         }
         hist
     };
-    if rows.len() <= HIST_CHUNK {
-        return fill(rows);
+    let chunks = rows.len().div_ceil(HIST_CHUNK);
+    if chunks <= 1 {
+        return fill(0);
     }
     // Partial histograms in chunk order, added in that order: the sums do not depend on how the
     // work was scheduled, so training stays deterministic.
-    let parts: Vec<Vec<Bin>> = rows.par_chunks(HIST_CHUNK).map(fill).collect();
-    let mut out = parts[0].clone();
-    for p in &parts[1..] {
-        for (o, e) in out.iter_mut().zip(p) {
-            o.g += e.g;
-            o.h += e.h;
-            o.n += e.n;
+    let parts: Vec<Vec<FeatureHist<N>>> = (0..chunks).into_par_iter().map(fill).collect();
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().unwrap_or_default();
+    for p in parts {
+        for (o, e) in out.iter_mut().zip(&p) {
+            for (o, e) in o.iter_mut().zip(e) {
+                for k in 0..N {
+                    o[k] += e[k];
+                }
+            }
         }
     }
     out
 }
 
-fn best_split(b: &Binned, hist: &[Bin], g: f64, h: f64, n: u32, p: &Params) -> Option<Split> {
+/// The best split of a leaf with `n` rows.
+fn best_split<const N: usize>(
+    b: &Binned,
+    hist: &[FeatureHist<N>],
+    g: f64,
+    h: f64,
+    n: usize,
+    p: &Params,
+) -> Option<Split> {
     let lambda = p.lambda_l2;
     let parent = g * g / (h + lambda);
+    let min_data = p.min_data_in_leaf as f64;
     let mut best: Option<Split> = None;
-    for f in 0..b.bounds.len() {
-        let off = b.offsets[f];
+    for (f, fh) in hist.iter().enumerate() {
         let nb = b.bounds[f].len();
-        let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0u32);
-        for bin in 0..nb.saturating_sub(1) {
-            let e = hist[off + bin];
-            gl += e.g;
-            hl += e.h;
-            nl += e.n;
-            let nr = n - nl;
-            if (nl as usize) < p.min_data_in_leaf {
+        let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0.0);
+        for (bin, e) in fh[..nb.saturating_sub(1)].iter().enumerate() {
+            gl += e[0];
+            hl += e[1];
+            nl += e[N - 1];
+            if nl < min_data {
                 continue;
             }
-            if (nr as usize) < p.min_data_in_leaf {
+            if n as f64 - nl < min_data {
                 break;
             }
             let hr = h - hl;
@@ -338,7 +469,6 @@ fn best_split(b: &Binned, hist: &[Bin], g: f64, h: f64, n: u32, p: &Params) -> O
                     bin,
                     gl,
                     hl,
-                    nl,
                 });
             }
         }
@@ -359,44 +489,38 @@ pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Boost
         }
     };
     let mut score = vec![init_score; n];
-    let mut g = vec![0.0; n];
-    let mut h = vec![0.0; n];
-    let mut rows: Vec<u32> = (0..n as u32).collect();
-    let mut scratch: Vec<u32> = vec![0; n];
     let mut trees = Vec::with_capacity(p.n_trees);
     let mut importance = vec![0.0; x.len()];
-    for _ in 0..p.n_trees {
-        match objective {
-            Objective::SquaredError => {
-                g.par_iter_mut()
+    let mut grower = Grower {
+        b: &binned,
+        p,
+        rows: vec![0; n],
+        scratch: vec![0; n],
+    };
+    match objective {
+        Objective::SquaredError => {
+            let mut gh: Vec<Gh<2>> = vec![[0.0, 1.0]; n];
+            for _ in 0..p.n_trees {
+                gh.par_iter_mut()
                     .zip(&score)
                     .zip(y)
-                    .for_each(|((gi, s), yi)| *gi = s - yi);
-                h.iter_mut().for_each(|v| *v = 1.0);
-            }
-            Objective::Logistic => {
-                g.par_iter_mut()
-                    .zip(h.par_iter_mut())
-                    .zip(&score)
-                    .zip(y)
-                    .for_each(|(((gi, hi), s), yi)| {
-                        let q = sigmoid(*s);
-                        *gi = q - yi;
-                        *hi = (q * (1.0 - q)).max(1e-16);
-                    });
+                    .for_each(|((e, s), yi)| *e = [s - yi, 1.0]);
+                trees.push(grower.grow(&gh, &mut score, &mut importance));
             }
         }
-        let tree = grow(
-            &binned,
-            &mut rows,
-            &mut scratch,
-            &g,
-            &h,
-            p,
-            &mut score,
-            &mut importance,
-        );
-        trees.push(tree);
+        Objective::Logistic => {
+            let mut gh: Vec<Gh<3>> = vec![[0.0, 1.0, 1.0]; n];
+            for _ in 0..p.n_trees {
+                gh.par_iter_mut()
+                    .zip(&score)
+                    .zip(y)
+                    .for_each(|((e, s), yi)| {
+                        let q = sigmoid(*s);
+                        *e = [q - yi, (q * (1.0 - q)).max(1e-16), 1.0];
+                    });
+                trees.push(grower.grow(&gh, &mut score, &mut importance));
+            }
+        }
     }
     Booster {
         objective,
@@ -406,140 +530,157 @@ pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Boost
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn grow(
-    b: &Binned,
-    rows: &mut [u32],
-    scratch: &mut [u32],
-    g: &[f64],
-    h: &[f64],
-    p: &Params,
-    score: &mut [f64],
-    importance: &mut [f64],
-) -> Tree {
-    let n = rows.len();
-    let (gs, hs): (f64, f64) = (g.iter().sum(), h.iter().sum());
-    let hist = build_hist(b, rows, g, h);
-    let split = best_split(b, &hist, gs, hs, n as u32, p);
-    let mut tree = Tree {
-        feature: vec![0],
-        threshold: vec![0.0],
-        left: vec![-1],
-        right: vec![-1],
-        value: vec![0.0],
-    };
-    let mut leaves = vec![Leaf {
-        start: 0,
-        end: n,
-        g: gs,
-        h: hs,
-        depth: 0,
-        hist,
-        split,
-        node: 0,
-    }];
-    while leaves.len() < p.num_leaves {
-        // The leaf with the largest gain (first on ties, for determinism).
-        let Some((li, _)) = leaves
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.split.is_some() && (p.max_depth == 0 || l.depth < p.max_depth))
-            .max_by(|a, b| {
-                a.1.split
-                    .unwrap()
-                    .gain
-                    .total_cmp(&b.1.split.unwrap().gain)
-                    .then(b.0.cmp(&a.0))
-            })
-        else {
-            break;
+/// Stable partition of a leaf's rows on `bin <= split bin`: left rows, then right rows, each in
+/// their previous order. Returns the number of left rows.
+fn partition(b: &Binned, seg: &mut [u32], scratch: &mut [u32], s: &Split) -> usize {
+    let (mut l, mut r) = (0usize, 0usize);
+    let tmp = &mut scratch[..seg.len()];
+    let nf = b.n_features;
+    // Branch-free: both destinations are written and one count advances (`l <= i`, so the
+    // write never lands on an unread row).
+    for i in 0..seg.len() {
+        if let Some(&ahead) = seg.get(i + PREFETCH) {
+            prefetch(&b.row_major[ahead as usize * nf + s.feature]);
+        }
+        let row = seg[i];
+        let left = (b.row_major[row as usize * nf + s.feature] as usize) <= s.bin;
+        seg[l] = row;
+        tmp[r] = row;
+        l += usize::from(left);
+        r += usize::from(!left);
+    }
+    seg[l..].copy_from_slice(&tmp[..r]);
+    l
+}
+
+/// What stays the same across the trees of one booster: the bins, the parameters, and the row
+/// buffers the leaves partition.
+struct Grower<'a> {
+    b: &'a Binned,
+    p: &'a Params,
+    rows: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl Grower<'_> {
+    fn grow<const N: usize>(
+        &mut self,
+        gh: &[Gh<N>],
+        score: &mut [f64],
+        importance: &mut [f64],
+    ) -> Tree {
+        let (b, p) = (self.b, self.p);
+        let (rows, scratch) = (&mut self.rows[..], &mut self.scratch[..]);
+        let n = rows.len();
+        rows.iter_mut().enumerate().for_each(|(i, r)| *r = i as u32);
+        let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| (g + e[0], h + e[1]));
+        let hist = build_hist(b, Rows::All(n), gh);
+        let split = best_split(b, &hist, gs, hs, n, p);
+        let mut tree = Tree {
+            feature: vec![0],
+            threshold: vec![0.0],
+            left: vec![-1],
+            right: vec![-1],
+            value: vec![0.0],
         };
-        let leaf = leaves.swap_remove(li);
-        let s = leaf.split.unwrap();
-        importance[s.feature] += s.gain;
-        // Stable partition of the leaf's rows: left then right.
-        let seg = &mut rows[leaf.start..leaf.end];
-        let (mut l, mut r) = (0usize, 0usize);
-        let tmp = &mut scratch[..seg.len()];
-        for i in 0..seg.len() {
-            let row = seg[i];
-            if (b.bin(row as usize, s.feature) as usize) <= s.bin {
-                seg[l] = row;
-                l += 1;
+        let mut leaves = vec![Leaf {
+            start: 0,
+            end: n,
+            g: gs,
+            h: hs,
+            depth: 0,
+            hist,
+            split,
+            node: 0,
+        }];
+        while leaves.len() < p.num_leaves {
+            // The leaf with the largest gain (first on ties, for determinism).
+            let Some((li, _)) = leaves
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.split.is_some() && (p.max_depth == 0 || l.depth < p.max_depth))
+                .max_by(|a, b| {
+                    a.1.split
+                        .unwrap()
+                        .gain
+                        .total_cmp(&b.1.split.unwrap().gain)
+                        .then(b.0.cmp(&a.0))
+                })
+            else {
+                break;
+            };
+            let leaf = leaves.swap_remove(li);
+            let s = leaf.split.unwrap();
+            importance[s.feature] += s.gain;
+            let l = partition(b, &mut rows[leaf.start..leaf.end], scratch, &s);
+            let mid = leaf.start + l;
+            let r = leaf.end - mid;
+            let (gl, hl, gr, hr) = (s.gl, s.hl, leaf.g - s.gl, leaf.h - s.hl);
+            // Histogram of the smaller child; the other is the parent's minus it.
+            let (small, small_is_left) = if l <= r {
+                (&rows[leaf.start..mid], true)
             } else {
-                tmp[r] = row;
-                r += 1;
+                (&rows[mid..leaf.end], false)
+            };
+            let small_hist = build_hist(b, Rows::List(small), gh);
+            let mut big_hist = leaf.hist;
+            for (bf, sf) in big_hist.iter_mut().zip(&small_hist) {
+                for (be, se) in bf.iter_mut().zip(sf) {
+                    for k in 0..N {
+                        be[k] -= se[k];
+                    }
+                }
+            }
+            let (hist_l, hist_r) = if small_is_left {
+                (small_hist, big_hist)
+            } else {
+                (big_hist, small_hist)
+            };
+            let node = leaf.node;
+            let (ln, rn) = (tree.feature.len(), tree.feature.len() + 1);
+            tree.feature[node] = s.feature as u32;
+            tree.threshold[node] = b.bounds[s.feature][s.bin];
+            tree.left[node] = ln as i32;
+            tree.right[node] = rn as i32;
+            for _ in 0..2 {
+                tree.feature.push(0);
+                tree.threshold.push(0.0);
+                tree.left.push(-1);
+                tree.right.push(-1);
+                tree.value.push(0.0);
+            }
+            let split_l = best_split(b, &hist_l, gl, hl, l, p);
+            let split_r = best_split(b, &hist_r, gr, hr, r, p);
+            leaves.push(Leaf {
+                start: leaf.start,
+                end: mid,
+                g: gl,
+                h: hl,
+                depth: leaf.depth + 1,
+                hist: hist_l,
+                split: split_l,
+                node: ln,
+            });
+            leaves.push(Leaf {
+                start: mid,
+                end: leaf.end,
+                g: gr,
+                h: hr,
+                depth: leaf.depth + 1,
+                hist: hist_r,
+                split: split_r,
+                node: rn,
+            });
+        }
+        for leaf in &leaves {
+            let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
+            tree.value[leaf.node] = v;
+            for &r in &rows[leaf.start..leaf.end] {
+                score[r as usize] += v;
             }
         }
-        seg[l..].copy_from_slice(&tmp[..r]);
-        let mid = leaf.start + l;
-        let (gl, hl, gr, hr) = (s.gl, s.hl, leaf.g - s.gl, leaf.h - s.hl);
-        // Histogram of the smaller child; the other is the parent's minus it.
-        let (small, small_is_left) = if l <= r {
-            (&rows[leaf.start..mid], true)
-        } else {
-            (&rows[mid..leaf.end], false)
-        };
-        let small_hist = build_hist(b, small, g, h);
-        let big_hist: Vec<Bin> = leaf
-            .hist
-            .iter()
-            .zip(&small_hist)
-            .map(|(p, c)| Bin {
-                g: p.g - c.g,
-                h: p.h - c.h,
-                n: p.n - c.n,
-            })
-            .collect();
-        let (hist_l, hist_r) = if small_is_left {
-            (small_hist, big_hist)
-        } else {
-            (big_hist, small_hist)
-        };
-        let node = leaf.node;
-        let (ln, rn) = (tree.feature.len(), tree.feature.len() + 1);
-        tree.feature[node] = s.feature as u32;
-        tree.threshold[node] = b.bounds[s.feature][s.bin];
-        tree.left[node] = ln as i32;
-        tree.right[node] = rn as i32;
-        for _ in 0..2 {
-            tree.feature.push(0);
-            tree.threshold.push(0.0);
-            tree.left.push(-1);
-            tree.right.push(-1);
-            tree.value.push(0.0);
-        }
-        let split_l = best_split(b, &hist_l, gl, hl, s.nl, p);
-        let split_r = best_split(b, &hist_r, gr, hr, (leaf.end - mid) as u32, p);
-        leaves.push(Leaf {
-            start: leaf.start,
-            end: mid,
-            g: gl,
-            h: hl,
-            depth: leaf.depth + 1,
-            hist: hist_l,
-            split: split_l,
-            node: ln,
-        });
-        leaves.push(Leaf {
-            start: mid,
-            end: leaf.end,
-            g: gr,
-            h: hr,
-            depth: leaf.depth + 1,
-            hist: hist_r,
-            split: split_r,
-            node: rn,
-        });
+        tree
     }
-    for leaf in &leaves {
-        let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
-        tree.value[leaf.node] = v;
-        for &r in &rows[leaf.start..leaf.end] {
-            score[r as usize] += v;
-        }
-    }
-    tree
 }
 
 #[cfg(test)]

@@ -129,75 +129,7 @@ impl Transform {
         let mut imputed = BTreeMap::new();
         let mut unseen = BTreeMap::new();
         for f in &self.features {
-            let a = column(batch, &f.name)?;
-            let (col, n_imputed, n_unseen) = match &f.encoding {
-                Encoding::Numeric { impute } => {
-                    let v = as_f64(a)?;
-                    let n = v.iter().filter(|x| x.is_none()).count() as u64;
-                    (
-                        v.into_iter()
-                            .map(|x| x.unwrap_or(*impute))
-                            .collect::<Vec<f64>>(),
-                        n,
-                        0,
-                    )
-                }
-                Encoding::Bool { impute } => {
-                    if a.data_type() != &DataType::Boolean {
-                        return Err(format!(
-                            "feature `{}` was a bool in training, now {}",
-                            f.name,
-                            a.data_type()
-                        ));
-                    }
-                    let b = a.as_boolean();
-                    let n = b.null_count() as u64;
-                    (
-                        (0..b.len())
-                            .map(|i| {
-                                if b.is_valid(i) {
-                                    f64::from(u8::from(b.value(i)))
-                                } else {
-                                    *impute
-                                }
-                            })
-                            .collect(),
-                        n,
-                        0,
-                    )
-                }
-                Encoding::Categorical { categories } => {
-                    if a.data_type() != &DataType::Utf8 {
-                        return Err(format!(
-                            "feature `{}` was text in training, now {}",
-                            f.name,
-                            a.data_type()
-                        ));
-                    }
-                    let s = a.as_string::<i32>();
-                    let index: std::collections::HashMap<&str, usize> = categories
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (c.as_str(), i))
-                        .collect();
-                    let other = categories.len() as f64;
-                    let (mut n_null, mut n_unseen) = (0u64, 0u64);
-                    let col = s
-                        .iter()
-                        .map(|v| match v {
-                            None => {
-                                n_null += 1;
-                                other
-                            }
-                            Some(t) => index.get(t).map(|&i| i as f64).unwrap_or_else(|| {
-                                n_unseen += 1;
-                                other
-                            }),
-                        })
-                        .collect();
-                    (col, n_null, n_unseen)
-                }
-            };
+            let (col, n_imputed, n_unseen) = Self::encode(f, batch)?;
             if n_imputed > 0 {
                 imputed.insert(f.name.clone(), n_imputed);
             }
@@ -210,6 +142,97 @@ impl Transform {
             columns,
             imputed,
             unseen,
+        })
+    }
+
+    /// Encodes the rows `a` and the rows `b` of `batch` (training and holdout), one feature at a
+    /// time, so that no full-size matrix is ever in memory.
+    pub fn apply_split(
+        &self,
+        batch: &RecordBatch,
+        a: &[u32],
+        b: &[u32],
+    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), String> {
+        let (mut xa, mut xb) = (Vec::new(), Vec::new());
+        for f in &self.features {
+            let col = Self::encode(f, batch)?.0;
+            xa.push(a.iter().map(|&r| col[r as usize]).collect());
+            xb.push(b.iter().map(|&r| col[r as usize]).collect());
+        }
+        Ok((xa, xb))
+    }
+
+    /// One feature of every row of `batch`, with the number of imputed values and of categories
+    /// never seen in training.
+    fn encode(f: &Feature, batch: &RecordBatch) -> Result<(Vec<f64>, u64, u64), String> {
+        let a = column(batch, &f.name)?;
+        Ok(match &f.encoding {
+            Encoding::Numeric { impute } => {
+                let v = as_f64(a)?;
+                let n = v.iter().filter(|x| x.is_none()).count() as u64;
+                (
+                    v.into_iter()
+                        .map(|x| x.unwrap_or(*impute))
+                        .collect::<Vec<f64>>(),
+                    n,
+                    0,
+                )
+            }
+            Encoding::Bool { impute } => {
+                if a.data_type() != &DataType::Boolean {
+                    return Err(format!(
+                        "feature `{}` was a bool in training, now {}",
+                        f.name,
+                        a.data_type()
+                    ));
+                }
+                let b = a.as_boolean();
+                let n = b.null_count() as u64;
+                (
+                    (0..b.len())
+                        .map(|i| {
+                            if b.is_valid(i) {
+                                f64::from(u8::from(b.value(i)))
+                            } else {
+                                *impute
+                            }
+                        })
+                        .collect(),
+                    n,
+                    0,
+                )
+            }
+            Encoding::Categorical { categories } => {
+                if a.data_type() != &DataType::Utf8 {
+                    return Err(format!(
+                        "feature `{}` was text in training, now {}",
+                        f.name,
+                        a.data_type()
+                    ));
+                }
+                let s = a.as_string::<i32>();
+                let index: std::collections::HashMap<&str, usize> = categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.as_str(), i))
+                    .collect();
+                let other = categories.len() as f64;
+                let (mut n_null, mut n_unseen) = (0u64, 0u64);
+                let col = s
+                    .iter()
+                    .map(|v| match v {
+                        None => {
+                            n_null += 1;
+                            other
+                        }
+                        Some(t) => index.get(t).map(|&i| i as f64).unwrap_or_else(|| {
+                            n_unseen += 1;
+                            other
+                        }),
+                    })
+                    .collect();
+                (col, n_null, n_unseen)
+            }
         })
     }
 }

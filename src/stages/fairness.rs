@@ -17,7 +17,9 @@ use super::StageDone;
 use crate::config::{Attribute, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
-use crate::fairness::{demographic_parity_ratio, equal_opportunity_ratio, groups};
+use crate::fairness::{
+    demographic_parity_ratio, equal_opportunity_ratio, groups, ratios_of_counts, tally,
+};
 use crate::generate::Rng;
 
 /// The group label of every row for an attribute.
@@ -130,13 +132,18 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             let g = groups(&lr, &selected, Some(&truth), cfg.min_group_size);
             let dpr = demographic_parity_ratio(&g);
             let eor = (task == Task::Binary).then(|| equal_opportunity_ratio(&g));
+            // Each row as its group's number: per-group subsets and the bootstrap's resamples
+            // are then counted with integers.
+            let number: BTreeMap<&str, usize> =
+                g.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+            let gid: Vec<usize> = lr.iter().map(|l| number[l]).collect();
             // Per-group metric of the model.
             let mut group_metric = BTreeMap::new();
-            for name in g.keys() {
-                let (gy, gp): (Vec<f64>, Vec<f64>) = lr
+            for (k, name) in g.keys().enumerate() {
+                let (gy, gp): (Vec<f64>, Vec<f64>) = gid
                     .iter()
                     .zip(y.iter().zip(&p))
-                    .filter(|(l, _)| **l == name.as_str())
+                    .filter(|(l, _)| **l == k)
                     .map(|(_, (a, b))| (*a, *b))
                     .unzip();
                 let v = match task {
@@ -155,12 +162,12 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 .into_par_iter()
                 .map(|b| {
                     let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
-                    let pick: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
-                    let l: Vec<&str> = pick.iter().map(|&i| lr[i]).collect();
-                    let s: Vec<bool> = pick.iter().map(|&i| selected[i]).collect();
-                    let t: Vec<bool> = pick.iter().map(|&i| truth[i]).collect();
-                    let gg = groups(&l, &s, Some(&t), cfg.min_group_size);
-                    (demographic_parity_ratio(&gg), equal_opportunity_ratio(&gg))
+                    let mut counts = vec![[0u64; 4]; number.len()];
+                    for _ in 0..n {
+                        let i = rng.below(n);
+                        tally(&mut counts[gid[i]], selected[i], truth[i]);
+                    }
+                    ratios_of_counts(&counts, cfg.min_group_size)
                 })
                 .collect();
             let dpr_ci = interval(boots.iter().map(|b| b.0).collect());

@@ -201,8 +201,7 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         model.positive_label.as_deref(),
     )?;
     let transform = Transform::fit(table, &model.features, &train_rows)?;
-    let matrix = transform.apply(table)?;
-    let xt = matrix.take(&train_rows);
+    let (xt, xh) = transform.apply_split(table, &train_rows, &hold_rows)?;
     let yt: Vec<f64> = train_rows.iter().map(|&r| y[r as usize]).collect();
     if model.task == Task::Binary && (yt.iter().all(|v| *v == 0.0) || yt.iter().all(|v| *v == 1.0))
     {
@@ -215,7 +214,8 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
     let views: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
     let fitted = tracing::info_span!("fit", model = %model.name, algorithm = model.algorithm.name(), rows = yt.len())
         .in_scope(|| model.algorithm.fit(&views, &yt, model.task, &transform))?;
-    let xh = matrix.take(&hold_rows);
+    drop(views);
+    drop(xt);
     let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
     let ph = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
         .in_scope(|| fitted.predict(&hviews))?;
