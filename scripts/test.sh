@@ -51,6 +51,24 @@ for tool in s3s-fs moto_server statelint hadolint; do
   fi
 done
 
+# Dependency policy and fuzzing: cargo-deny, and cargo-fuzz with the nightly toolchain
+# (libFuzzer needs nightly's sanitizer flags).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "== installing cargo-deny (cargo install, about 5 minutes)"
+  cargo install cargo-deny@0.20.2 --locked --quiet
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz (cargo install, about 1 minute)"
+  cargo install cargo-fuzz@0.13.2 --locked --quiet
+fi
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "== installing the nightly toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal || {
+    echo "error: cargo fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2
+    exit 1
+  }
+fi
+
 echo "== monitoring as code (promtool, amtool)"
 promtool check rules monitoring/alert-rules.yml
 promtool test rules monitoring/alert-rules.test.yml
@@ -69,8 +87,33 @@ done
 echo "== format"
 cargo fmt --all -- --check
 
+echo "== dependency policy (cargo deny: bans, licenses, sources; deny.toml)"
+cargo deny --offline check bans licenses sources
+# Advisories need the RustSec database, which cargo deny fetches from GitHub; this network only
+# reaches package registries. A database already on the machine is used; otherwise say so.
+if compgen -G "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs/*/crates" >/dev/null; then
+  cargo deny --offline check advisories
+else
+  echo "note: advisories NOT checked: no RustSec database under ${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+  echo "      (run 'cargo deny fetch' where github.com is reachable, then re-run this script)"
+fi
+
 echo "== unit and integration tests"
 cargo test --all-targets --no-fail-fast
 
 echo "== benchmarks compile and run once (smoke)"
 MLPIPE_BENCH_ROWS=20000 cargo bench --bench kernels -- --test
+
+echo "== fuzzing, bounded (cargo fuzz; corpus in fuzz/corpus, new finds go to a temp folder)"
+fuzz_seconds=${MLPIPE_FUZZ_SECONDS:-45}
+for target in pipeline_file parquet_file; do
+  found=$(mktemp -d) log=$(mktemp)
+  if ! (cd fuzz && cargo +nightly fuzz run -O "$target" "$found" "corpus/$target" -- \
+    -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "error: fuzz target $target failed; the input that broke it is under fuzz/artifacts/$target" >&2
+    exit 1
+  fi
+  echo "$target: $(grep -E '^stat::number_of_executed_units' "$log" | tr -d ' ') in ${fuzz_seconds}s, no failure"
+  rm -rf "$found" "$log"
+done

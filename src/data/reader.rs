@@ -163,7 +163,21 @@ pub async fn read_dataset(
     let ds_owned = Arc::new(ds.clone());
     let reads = located.files.iter().cloned().map(|f| {
         let (ds, columns, store) = (ds_owned.clone(), columns.clone(), located.store.clone());
-        async move { read_file(&ds, &columns, &store, &f).await }
+        async move {
+            let url = store.url_of(&f.path);
+            let read = read_file(&ds, &columns, &store, &f);
+            guard_panics(
+                read,
+                || {
+                    format!(
+                        "dataset `{}`: {url} is not a readable Parquet file",
+                        ds.name
+                    )
+                },
+                "replace or remove it",
+            )
+            .await
+        }
     });
     let per_file: Vec<FileColumns> = futures::stream::iter(reads)
         .buffered(FILES_IN_FLIGHT)
@@ -313,8 +327,41 @@ fn storage_failure(e: &parquet::errors::ParquetError, url: &str) -> Option<Error
     }
 }
 
+/// Runs a read, turning a panic inside the Parquet crate into a data error. Corrupt metadata can
+/// make `parquet` assert instead of returning an error (`ColumnChunkMetaData::byte_range` on a
+/// negative offset, found by `fuzz/fuzz_targets/parquet_file.rs`); a corrupt input file must be a
+/// clear error, not a crashed stage.
+async fn guard_panics<T>(
+    read: impl std::future::Future<Output = Result<T>>,
+    what: impl FnOnce() -> String,
+    todo: &str,
+) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(read).catch_unwind().await {
+        Ok(r) => r,
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the Parquet reader failed on it".into());
+            Err(Error::Data(format!("{} ({why}); {todo}", what())))
+        }
+    }
+}
+
 /// Reads a Parquet file written by a stage, as it is (no adaptation).
 pub async fn read_parquet(store: &Store, rel: &str) -> Result<RecordBatch> {
+    let url = store.url_of(rel);
+    guard_panics(
+        read_parquet_unguarded(store, rel),
+        || format!("{url} is not a readable Parquet file"),
+        "re-run the stage that wrote it with --force",
+    )
+    .await
+}
+
+async fn read_parquet_unguarded(store: &Store, rel: &str) -> Result<RecordBatch> {
     let info = store
         .head(rel)
         .await?

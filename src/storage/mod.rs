@@ -54,11 +54,25 @@ pub struct ObjectInfo {
 
 /// A storage error as a person reads it: what failed, where, and what to check.
 pub fn fail(action: &str, url: &str, e: &object_store::Error) -> Error {
+    let text = e.to_string();
+    // A refusal on a list or a bare request comes back as a generic error carrying the status.
+    let refused = [
+        "403 Forbidden",
+        "401 Unauthorized",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ]
+    .iter()
+    .any(|m| text.contains(m));
     let hint = match e {
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
             "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
         }
-        _ if e.to_string().contains("error sending request") || e.to_string().contains("retries") => {
+        _ if refused => {
+            "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
+        }
+        _ if text.contains("error sending request") || text.contains("retries") => {
             "; the storage endpoint did not answer: check AWS_ENDPOINT_URL and that the server is up \
              (retries: MLPIPE_STORAGE_RETRIES, MLPIPE_STORAGE_RETRY_TIMEOUT)"
         }

@@ -3,7 +3,6 @@
 //! concurrent registrations, the Step Functions export played stage by stage, and the
 //! deployment files (Dockerfile, ECS task definition, schedule, compose file).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,38 +191,6 @@ fn roots(prefix: &str) -> Vec<(String, String)> {
 fn run_env(p: &Project, args: &[&str], env: &[(String, String)]) -> std::process::Output {
     let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     p.mlpipe_env(args, &e)
-}
-
-/// What the registry decided, without what differs between equal runs (times, run ids, URIs):
-/// per model, the production version and each version's status, algorithm, metrics and artifact
-/// hash. `state` reads a model's `state.json`.
-fn registry_result(state: impl Fn(&str) -> Option<Vec<u8>>) -> BTreeMap<String, serde_json::Value> {
-    let mut out = BTreeMap::new();
-    for model in ["engagement", "churn", "ltv"] {
-        let Some(bytes) = state(model) else { continue };
-        let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let versions: BTreeMap<String, serde_json::Value> = state["versions"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    serde_json::json!({
-                        "status": v["status"],
-                        "algorithm": v["algorithm"],
-                        "metrics": v["metrics"],
-                        "artifact_sha256": v["artifact_sha256"],
-                    }),
-                )
-            })
-            .collect();
-        out.insert(
-            model.to_string(),
-            serde_json::json!({ "production": state["production"], "versions": versions }),
-        );
-    }
-    out
 }
 
 /// Every object the server holds under a key prefix.
@@ -898,4 +865,159 @@ fn deployment_files_lint_and_hold_together() {
         stdout(&o),
         stderr(&o)
     );
+}
+
+/// A TCP proxy on loopback in front of an S3 server that misbehaves on a fixed share of the
+/// connections it accepts: of every 8, two are answered `503 Slow Down`, two `500 Internal
+/// Error`, one is forwarded after a 1.5 s stall, three are forwarded untouched. Faults happen
+/// before any byte reaches the server, so a retried request can never be a duplicate. (A
+/// connection closed with no answer at all is not used: object_store 0.14 classifies that
+/// transport error as not retryable and the run fails at its first request.)
+struct FaultyProxy {
+    port: u16,
+    counts: Arc<[AtomicUsize; 4]>,
+}
+
+impl FaultyProxy {
+    fn start(upstream: u16) -> FaultyProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counts: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+        let c = counts.clone();
+        std::thread::spawn(move || {
+            for (k, conn) in listener.incoming().enumerate() {
+                let Ok(mut client) = conn else { break };
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let fault = match k % 8 {
+                        1 | 5 => 0,
+                        2 | 6 => 1,
+                        3 => 2,
+                        _ => 3,
+                    };
+                    c[fault].fetch_add(1, Ordering::SeqCst);
+                    match fault {
+                        0 | 1 => {
+                            // As a server would: read the whole request, then answer.
+                            read_request(&mut client);
+                            let (status, code) = if fault == 0 {
+                                ("503 Service Unavailable", "SlowDown")
+                            } else {
+                                ("500 Internal Server Error", "InternalError")
+                            };
+                            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected</Message></Error>");
+                            let _ = write!(
+                                client,
+                                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            return;
+                        }
+                        2 => std::thread::sleep(std::time::Duration::from_millis(1500)),
+                        _ => {}
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let (mut c_read, mut s_write) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c_read, &mut s_write);
+                        let _ = s_write.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut s_read, mut c_write) = (server, client);
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        FaultyProxy { port, counts }
+    }
+
+    fn count(&self, fault: usize) -> usize {
+        self.counts[fault].load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body) from a connection.
+fn read_request(c: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < len {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+    }
+}
+
+#[test]
+fn storage_that_fails_and_stalls_part_of_the_time_gives_the_same_result() {
+    let s3 = S3::start();
+    let p = Project::new(true);
+    s3.upload_fixtures(&p);
+    let proxy = FaultyProxy::start(s3.port);
+    let mut env = s3.env("");
+    for (k, v) in env.iter_mut() {
+        if k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    env.push(("MLPIPE_STORAGE_RETRIES".into(), "10".into()));
+    let o = run_env(&p, &["run", "--as-of", AS_OF, "--run-id", "f1"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (slow_down, internal, stalled) = (proxy.count(0), proxy.count(1), proxy.count(2));
+    assert!(
+        slow_down >= 1 && internal >= 1 && stalled >= 1,
+        "faults injected: {slow_down} 503s, {internal} 500s, {stalled} stalled"
+    );
+    // The same decisions as a run on local folders, and every object whole.
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "f1"]);
+    let local = registry_result(|m| std::fs::read(p.path(&format!("models/{m}/state.json"))).ok());
+    assert_eq!(
+        registry_result(|m| s3.get(&format!("models/{m}/state.json"))),
+        local
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3.object("runs/f1/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["status"], "succeeded");
+    for stage in ["validate", "train_churn", "score"] {
+        let mut remote: Vec<(String, String)> = m["stages"][stage]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap().to_string(),
+                    o["sha256"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        remote.sort();
+        let mut local = p.outputs("f1", stage);
+        // A train stage's metrics.json records its training seconds.
+        remote.retain(|(name, _)| name != "metrics");
+        local.retain(|(name, _)| name != "metrics");
+        assert_eq!(remote, local, "{stage}: outputs differ from the local run");
+    }
 }

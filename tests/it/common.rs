@@ -1,5 +1,6 @@
 //! A temporary project folder with the default pipeline, and helpers to run `mlpipe` in it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -233,4 +234,38 @@ pub fn wait_for_port(port: u16, what: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// What the registry decided, without what differs between equal runs (times, run ids, URIs):
+/// per model, the production version and each version's status, algorithm, metrics and artifact
+/// hash. `state` reads a model's `state.json`.
+pub fn registry_result(
+    state: impl Fn(&str) -> Option<Vec<u8>>,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for model in ["engagement", "churn", "ltv"] {
+        let Some(bytes) = state(model) else { continue };
+        let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let versions: BTreeMap<String, serde_json::Value> = state["versions"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::json!({
+                        "status": v["status"],
+                        "algorithm": v["algorithm"],
+                        "metrics": v["metrics"],
+                        "artifact_sha256": v["artifact_sha256"],
+                    }),
+                )
+            })
+            .collect();
+        out.insert(
+            model.to_string(),
+            serde_json::json!({ "production": state["production"], "versions": versions }),
+        );
+    }
+    out
 }

@@ -374,3 +374,123 @@ async fn memory_store_runs_the_pipeline_in_process() {
         .filter(|s| s.kind != "health")
         .all(|s| matches!(s.action, engine::Action::Reuse { .. })));
 }
+
+const STAGES: [&str; 11] = [
+    "load",
+    "validate",
+    "prepare",
+    "train_engagement",
+    "train_churn",
+    "train_ltv",
+    "fairness",
+    "score",
+    "drift",
+    "register",
+    "health",
+];
+
+/// The committed outputs (name, SHA-256) of the stages whose outputs are data: not those that
+/// record where and when (load's input fingerprints hold file paths and times, drift's report
+/// names its inputs' URLs, register and health record times), nor a train stage's
+/// `metrics.json`, which holds its training seconds.
+pub fn all_outputs(p: &Project, run: &str) -> Vec<(String, Vec<(String, String)>)> {
+    STAGES
+        .iter()
+        .filter(|s| !["load", "drift", "register", "health"].contains(s))
+        .map(|s| {
+            let mut o = p.outputs(run, s);
+            o.retain(|(name, _)| !(s.starts_with("train_") && name == "metrics"));
+            (s.to_string(), o)
+        })
+        .collect()
+}
+
+#[test]
+fn killed_at_every_stage_and_at_random_moments_resumes_to_the_uninterrupted_result() {
+    let reference = Project::new(true);
+    reference.ok(&["run", "--as-of", AS_OF, "--run-id", "k"]);
+    let want = all_outputs(&reference, "k");
+    let want_registry =
+        registry_result(|m| std::fs::read(reference.path(&format!("models/{m}/state.json"))).ok());
+
+    // 1. A crash inside each stage in turn (after its first output is written, before it is
+    //    committed), each resumed by the next invocation of the same run.
+    let p = Project::new(true);
+    let mut crashes = 0;
+    for stage in STAGES {
+        // Stages run concurrently: one may have finished before another's crash stopped the
+        // process. A finished stage is not run again, so it cannot crash.
+        if p.path("runs/k/manifest.json").exists()
+            && p.manifest("k")["stages"][stage]["status"] == "succeeded"
+        {
+            continue;
+        }
+        crashes += 1;
+        let o = p.mlpipe_env(
+            &["run", "--as-of", AS_OF, "--run-id", "k"],
+            &[("MLPIPE_FAULTS", &format!("{stage}=crash"))],
+        );
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "{stage}: the crash did not happen"
+        );
+        assert_eq!(
+            p.manifest("k")["stages"][stage]["status"],
+            "running",
+            "{stage}: a crash leaves the stage marked running"
+        );
+        crate::bad_input::all_files_whole(&p).unwrap_or_else(|e| panic!("after {stage}: {e}"));
+    }
+    assert!(
+        crashes >= 8,
+        "only {crashes} of {} stages crashed",
+        STAGES.len()
+    );
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "k"]);
+    let got = registry_result(|m| std::fs::read(p.path(&format!("models/{m}/state.json"))).ok());
+    assert_eq!(
+        got, want_registry,
+        "crash at every stage: the registry differs"
+    );
+    assert_eq!(all_outputs(&p, "k"), want, "crash at every stage");
+
+    // 2. SIGKILL from outside at moments spread over a run, resumed until one invocation
+    //    completes. The moments are fixed, so the test is repeatable on a given machine.
+    let p = Project::new(true);
+    let mut kills = 0;
+    for delay_ms in [30u64, 120, 250, 400, 600, 850, 1100, 1500] {
+        let mut child = std::process::Command::new(BIN)
+            .current_dir(p.path(""))
+            .args([
+                "run",
+                "--as-of",
+                AS_OF,
+                "--run-id",
+                "k",
+                "--log-format",
+                "json",
+            ])
+            .env_remove("MLPIPE_FAULTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        crate::bad_input::all_files_whole(&p)
+            .unwrap_or_else(|e| panic!("after {delay_ms} ms: {e}"));
+    }
+    assert!(kills >= 3, "only {kills} runs were still going when killed");
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "k"]);
+    let got = registry_result(|m| std::fs::read(p.path(&format!("models/{m}/state.json"))).ok());
+    assert_eq!(
+        got, want_registry,
+        "killed at random moments: the registry differs"
+    );
+    assert_eq!(all_outputs(&p, "k"), want, "killed at random moments");
+}
