@@ -1002,18 +1002,7 @@ fn storage_that_fails_and_stalls_part_of_the_time_gives_the_same_result() {
             .unwrap();
     assert_eq!(m["status"], "succeeded");
     for stage in ["validate", "train_churn", "score"] {
-        let mut remote: Vec<(String, String)> = m["stages"][stage]["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                (
-                    o["name"].as_str().unwrap().to_string(),
-                    o["sha256"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        remote.sort();
+        let mut remote = manifest_outputs(&m, stage);
         let mut local = p.outputs("f1", stage);
         // A train stage's metrics.json records its training seconds.
         remote.retain(|(name, _)| name != "metrics");

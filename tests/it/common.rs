@@ -100,21 +100,25 @@ impl Project {
 
     /// (name, sha256) of a stage's outputs in a run's manifest.
     pub fn outputs(&self, run_id: &str, stage: &str) -> Vec<(String, String)> {
-        let m = self.manifest(run_id);
-        let mut v: Vec<(String, String)> = m["stages"][stage]["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                (
-                    o["name"].as_str().unwrap().to_string(),
-                    o["sha256"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
+        manifest_outputs(&self.manifest(run_id), stage)
     }
+}
+
+/// (name, sha256) of a stage's outputs in a manifest, sorted.
+pub fn manifest_outputs(m: &serde_json::Value, stage: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = m["stages"][stage]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().to_string(),
+                o["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 pub fn stdout(o: &Output) -> String {
