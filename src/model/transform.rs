@@ -45,14 +45,6 @@ impl Matrix {
     pub fn views(&self) -> Vec<&[f64]> {
         self.columns.iter().map(|c| c.as_slice()).collect()
     }
-
-    /// The rows `rows` of every column.
-    pub fn take(&self, rows: &[u32]) -> Vec<Vec<f64>> {
-        self.columns
-            .iter()
-            .map(|c| rows.iter().map(|&r| c[r as usize]).collect())
-            .collect()
-    }
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {

@@ -24,13 +24,6 @@ use crate::common::*;
 const CURRENT: &str = "data/current/part-00000.parquet";
 const CUSTOMERS: &str = "data/customers/part-00000.parquet";
 
-fn write(path: &Path, b: &RecordBatch) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
-    w.write(b).unwrap();
-    w.close().unwrap();
-}
-
 /// `b` with column `name` replaced (type and values).
 fn with_column(b: &RecordBatch, name: &str, ty: DataType, col: ArrayRef) -> RecordBatch {
     let i = b.schema().index_of(name).unwrap();
@@ -56,26 +49,6 @@ fn registry(p: &Project) -> BTreeMap<String, Vec<u8>> {
             (rel, std::fs::read(&f).unwrap())
         })
         .collect()
-}
-
-/// Every JSON file under `runs/` parses and every Parquet file decodes.
-pub fn all_files_whole(p: &Project) -> Result<usize, String> {
-    let files = files_under(&p.path("runs"));
-    for f in &files {
-        let name = f.display().to_string();
-        if name.ends_with(".json") {
-            serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap())
-                .map_err(|e| format!("{name} is not whole JSON: {e}"))?;
-        } else if name.ends_with(".parquet") {
-            let file = std::fs::File::open(f).unwrap();
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build().map_err(Into::into))
-                .map_err(|e| format!("{name} is not a whole Parquet file: {e}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{name} does not decode: {e}"))?;
-        }
-    }
-    Ok(files.len())
 }
 
 /// A loopback HTTP server that refuses every request with S3's AccessDenied, until dropped.
@@ -185,7 +158,7 @@ fn cases() -> Vec<Case> {
                 let keep: Vec<usize> = (0..b.num_columns())
                     .filter(|&i| b.schema().field(i).name() != "plan")
                     .collect();
-                write(&p.path(CURRENT), &b.project(&keep).unwrap());
+                write_parquet(&p.path(CURRENT), &b.project(&keep).unwrap(), 1 << 20);
                 none()
             }),
             code: 3,
@@ -197,9 +170,10 @@ fn cases() -> Vec<Case> {
             apply: Box::new(|p| {
                 let b = read_parquet(&p.path(CUSTOMERS));
                 let col = Arc::new(BooleanArray::from(vec![true; b.num_rows()]));
-                write(
+                write_parquet(
                     &p.path(CUSTOMERS),
                     &with_column(&b, "monthly_spend", DataType::Boolean, col),
+                    1 << 20,
                 );
                 none()
             }),
@@ -211,7 +185,7 @@ fn cases() -> Vec<Case> {
             name: "empty dataset",
             apply: Box::new(|p| {
                 let b = read_parquet(&p.path(CURRENT));
-                write(&p.path(CURRENT), &b.slice(0, 0));
+                write_parquet(&p.path(CURRENT), &b.slice(0, 0), 1 << 20);
                 none()
             }),
             code: 3,
@@ -223,9 +197,10 @@ fn cases() -> Vec<Case> {
             apply: Box::new(|p| {
                 let b = read_parquet(&p.path(CUSTOMERS));
                 let col = Arc::new(BooleanArray::from(vec![false; b.num_rows()]));
-                write(
+                write_parquet(
                     &p.path(CUSTOMERS),
                     &with_column(&b, "churned", DataType::Boolean, col),
+                    1 << 20,
                 );
                 none()
             }),
@@ -246,9 +221,10 @@ fn cases() -> Vec<Case> {
                         })
                     })
                     .collect();
-                write(
+                write_parquet(
                     &p.path(CUSTOMERS),
                     &with_column(&b, "monthly_spend", DataType::Float64, Arc::new(v)),
+                    1 << 20,
                 );
                 none()
             }),
@@ -261,9 +237,10 @@ fn cases() -> Vec<Case> {
             apply: Box::new(|p| {
                 let b = read_parquet(&p.path(CURRENT));
                 let v: StringArray = (0..b.num_rows()).map(|_| Some("platinum")).collect();
-                write(
+                write_parquet(
                     &p.path(CURRENT),
                     &with_column(&b, "plan", DataType::Utf8, Arc::new(v)),
+                    1 << 20,
                 );
                 none()
             }),
@@ -479,9 +456,10 @@ fn a_few_nan_values_are_rejected_rows_not_a_failed_run() {
             _ => x,
         })
         .collect();
-    write(
+    write_parquet(
         &p.path(CUSTOMERS),
         &with_column(&b, "monthly_spend", DataType::Float64, Arc::new(v)),
+        1 << 20,
     );
     p.ok(&["run", "--as-of", AS_OF, "--run-id", "r"]);
     let qa = p.outputs("r", "validate");

@@ -273,3 +273,40 @@ pub fn registry_result(
     }
     out
 }
+
+/// Writes `batch` as a Parquet file (row groups of at most `row_group` rows), creating folders.
+pub fn write_parquet(path: &Path, batch: &arrow::record_batch::RecordBatch, row_group: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Every JSON file under the project's `runs/` parses and every Parquet file decodes; the
+/// number of files checked.
+pub fn all_files_whole(p: &Project) -> Result<usize, String> {
+    let files = files_under(&p.path("runs"));
+    for f in &files {
+        let name = f.display().to_string();
+        if name.ends_with(".json") {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap())
+                .map_err(|e| format!("{name} is not whole JSON: {e}"))?;
+        } else if name.ends_with(".parquet") {
+            let file = std::fs::File::open(f).unwrap();
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build().map_err(Into::into))
+                .map_err(|e| format!("{name} is not a whole Parquet file: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{name} does not decode: {e}"))?;
+        }
+    }
+    Ok(files.len())
+}

@@ -5,25 +5,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 
 use crate::common::*;
-
-fn write(path: &std::path::Path, batch: &RecordBatch, row_group: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(row_group))
-        .build();
-    let mut w = ArrowWriter::try_new(
-        std::fs::File::create(path).unwrap(),
-        batch.schema(),
-        Some(props),
-    )
-    .unwrap();
-    w.write(batch).unwrap();
-    w.close().unwrap();
-}
 
 /// Replaces columns of a batch by casting them to other physical types.
 fn recast(b: &RecordBatch, to: &[(&str, DataType)]) -> RecordBatch {
@@ -72,17 +55,17 @@ fn physical_variants_load_the_same_as_canonical_files() {
     );
     // Three files under one prefix (one in a sub-folder), row groups of odd sizes.
     let n = variant.num_rows();
-    write(
+    write_parquet(
         &p.path("variant/customers/a.parquet"),
         &variant.slice(0, 7000),
         999,
     );
-    write(
+    write_parquet(
         &p.path("variant/customers/b.parquet"),
         &variant.slice(7000, 7000),
         7000,
     );
-    write(
+    write_parquet(
         &p.path("variant/customers/more/c.parquet"),
         &variant.slice(14000, n - 14000),
         4096,
@@ -138,7 +121,7 @@ fn numbers_written_as_text_are_parsed_and_bad_ones_are_violations() {
     let mut cols = b.columns().to_vec();
     cols[idx] = Arc::new(StringArray::from(text));
     b = RecordBatch::try_new(b.schema(), cols).unwrap();
-    write(&p.path("data/customers/part-00000.parquet"), &b, 1 << 20);
+    write_parquet(&p.path("data/customers/part-00000.parquet"), &b, 1 << 20);
 
     p.ok(&["run", "--as-of", AS_OF, "--run-id", "text"]);
     let q: serde_json::Value = p.json("runs/text/validate/quality.json");
@@ -184,7 +167,7 @@ fn a_missing_column_or_an_incompatible_type_is_unusable_input() {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-    write(
+    write_parquet(
         &p.path("data/current/part-00000.parquet"),
         &without,
         1 << 20,
@@ -214,7 +197,7 @@ fn a_missing_column_or_an_incompatible_type_is_unusable_input() {
         canonical.num_rows()
     ]));
     let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
-    write(&p.path("data/current/part-00000.parquet"), &bad, 1 << 20);
+    write_parquet(&p.path("data/current/part-00000.parquet"), &bad, 1 << 20);
     let o = p.mlpipe(&["run"]);
     assert_eq!(o.status.code(), Some(3));
     assert!(

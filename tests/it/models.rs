@@ -232,10 +232,7 @@ fn a_binary_target_with_one_class_is_unusable_input() {
     let mut cols = b.columns().to_vec();
     cols[i] = std::sync::Arc::new(arrow::array::BooleanArray::from(vec![false; b.num_rows()]));
     let b = arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap();
-    let f = std::fs::File::create(p.path("data/customers/part-00000.parquet")).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
-    w.write(&b).unwrap();
-    w.close().unwrap();
+    write_parquet(&p.path("data/customers/part-00000.parquet"), &b, 1 << 20);
     let o = p.mlpipe(&["run", "--as-of", AS_OF]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let e = stderr(&o);

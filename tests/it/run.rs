@@ -440,7 +440,7 @@ fn killed_at_every_stage_and_at_random_moments_resumes_to_the_uninterrupted_resu
             "running",
             "{stage}: a crash leaves the stage marked running"
         );
-        crate::bad_input::all_files_whole(&p).unwrap_or_else(|e| panic!("after {stage}: {e}"));
+        all_files_whole(&p).unwrap_or_else(|e| panic!("after {stage}: {e}"));
     }
     assert!(
         crashes >= 8,
@@ -482,8 +482,7 @@ fn killed_at_every_stage_and_at_random_moments_resumes_to_the_uninterrupted_resu
             kills += 1;
         }
         child.wait().unwrap();
-        crate::bad_input::all_files_whole(&p)
-            .unwrap_or_else(|e| panic!("after {delay_ms} ms: {e}"));
+        all_files_whole(&p).unwrap_or_else(|e| panic!("after {delay_ms} ms: {e}"));
     }
     assert!(kills >= 3, "only {kills} runs were still going when killed");
     p.ok(&["run", "--as-of", AS_OF, "--run-id", "k"]);
