@@ -17,6 +17,8 @@
 //! - Scoring runs blocks of 64 rows through each tree in lockstep (leaves point to themselves),
 //!   so the inner loop has no unpredictable branch.
 
+mod predict;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +109,7 @@ pub struct Tree {
 
 impl Tree {
     /// Steps from the root to the deepest leaf.
-    fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         fn d(t: &Tree, i: usize) -> usize {
             if t.left[i] < 0 {
                 0
@@ -118,52 +120,6 @@ impl Tree {
         d(self, 0)
     }
 }
-
-/// A tree laid out for scoring a block of rows in lockstep: a leaf points to itself, so every row
-/// takes the tree's depth in steps and the inner loop has no data-dependent branch.
-struct Lockstep {
-    nodes: Vec<Node>,
-    value: Vec<f64>,
-    depth: usize,
-}
-
-#[derive(Clone, Copy)]
-struct Node {
-    threshold: f64,
-    feature: u32,
-    /// Child when `x <= threshold`, child otherwise (NaN goes right).
-    next: [u32; 2],
-}
-
-impl Lockstep {
-    fn new(t: &Tree) -> Self {
-        let nodes = (0..t.left.len())
-            .map(|i| {
-                if t.left[i] >= 0 {
-                    Node {
-                        threshold: t.threshold[i],
-                        feature: t.feature[i],
-                        next: [t.left[i] as u32, t.right[i] as u32],
-                    }
-                } else {
-                    Node {
-                        threshold: 0.0,
-                        feature: 0,
-                        next: [i as u32, i as u32],
-                    }
-                }
-            })
-            .collect();
-        Lockstep {
-            nodes,
-            value: t.value.clone(),
-            depth: t.depth(),
-        }
-    }
-}
-
-/// Rows scored together: their features stay in the first-level cache while every tree runs.
-const BLOCK: usize = 64;
 
 /// A trained booster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,43 +133,9 @@ pub struct Booster {
 
 impl Booster {
     /// Raw scores of column-major features (`x[feature][row]`): the initial score plus each
-    /// tree's leaf value, added in tree order.
+    /// tree's leaf value, added in tree order (see [`predict`] for how).
     pub fn raw(&self, x: &[&[f64]]) -> Vec<f64> {
-        let n = x.first().map_or(0, |c| c.len());
-        let trees: Vec<Lockstep> = self.trees.iter().map(Lockstep::new).collect();
-        let mut out = vec![self.init_score; n];
-        out.par_chunks_mut(8 * BLOCK)
-            .enumerate()
-            .for_each(|(k, chunk)| {
-                for (b, block) in chunk.chunks_mut(BLOCK).enumerate() {
-                    let base = k * 8 * BLOCK + b * BLOCK;
-                    // The block's rows, row-major: one row's features are adjacent.
-                    let m = block.len();
-                    let nf = x.len();
-                    let mut rows = vec![0.0; m * nf];
-                    for (f, c) in x.iter().enumerate() {
-                        for (j, v) in c[base..base + m].iter().enumerate() {
-                            rows[j * nf + f] = *v;
-                        }
-                    }
-                    let mut at = [0u32; BLOCK];
-                    for t in &trees {
-                        let at = &mut at[..m];
-                        at.fill(0);
-                        for _ in 0..t.depth {
-                            for (row, i) in rows.chunks_exact(nf).zip(at.iter_mut()) {
-                                let nd = &t.nodes[*i as usize];
-                                let v = row[nd.feature as usize];
-                                *i = nd.next[usize::from(!(v <= nd.threshold))];
-                            }
-                        }
-                        for (o, i) in block.iter_mut().zip(at.iter()) {
-                            *o += t.value[*i as usize];
-                        }
-                    }
-                }
-            });
-        out
+        predict::raw(self, x)
     }
 
     /// Predictions: the score for regression, the probability for logistic.
@@ -277,6 +199,10 @@ fn bin_bounds(col: &[f64], max_bins: usize) -> Vec<f64> {
 /// count. Squared error uses N = 2: its hessian is 1, so the hessian sum is the count.
 type Gh<const N: usize> = [f64; N];
 
+/// Where an entry of `N` values keeps the row count: the hessian for squared error (N = 2),
+/// the third value for logistic loss (N = 3).
+const COUNT: [usize; 4] = [0, 0, 1, 2];
+
 /// One feature's histogram. A bin number is a byte, so 256 entries need no bounds check.
 type FeatureHist<const N: usize> = [Gh<N>; 256];
 
@@ -303,38 +229,58 @@ struct Leaf<const N: usize> {
 /// Features bucketed once: a row-major matrix of bin numbers (one byte per feature), so that one
 /// pass over a leaf's rows fills every feature's histogram.
 struct Binned {
-    /// `row_major[r * n_features + f]` is the bin of row `r` in feature `f`.
+    /// `row_major[r * stride + f]` is the bin of row `r` in feature `f`; bytes past the last
+    /// feature are padding.
     row_major: Vec<u8>,
+    /// Bytes per row: 16 or 32 when there are that few features, so that the histogram loop has
+    /// a fixed length and unrolls (the padding fills a scratch histogram); else the feature count.
+    stride: usize,
+    /// The same bins feature by feature (`columns[f * n + r]`): partitioning a leaf reads one
+    /// feature of its rows, from a column that fits the second-level cache.
+    columns: Vec<u8>,
+    n: usize,
     n_features: usize,
     bounds: Vec<Vec<f64>>,
-}
-
-impl Binned {
-    fn bins(&self, r: usize) -> &[u8] {
-        &self.row_major[r * self.n_features..(r + 1) * self.n_features]
-    }
 }
 
 fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
     let bounds: Vec<Vec<f64>> = x.par_iter().map(|c| bin_bounds(c, max_bins)).collect();
     let n = x.first().map_or(0, |c| c.len());
     let nf = x.len();
-    let mut row_major = vec![0u8; n * nf];
+    let stride = match nf {
+        0..=16 => 16,
+        17..=32 => 32,
+        _ => nf,
+    };
+    let mut columns = vec![0u8; n * nf];
+    columns
+        .par_chunks_mut(n.max(1))
+        .zip(x.par_iter().zip(&bounds))
+        .for_each(|(col, (x, b))| {
+            for (c, v) in col.iter_mut().zip(x.iter()) {
+                *c = b.partition_point(|ub| *ub < *v).min(b.len() - 1) as u8;
+            }
+        });
+    let mut row_major = vec![0u8; n * stride];
     row_major
-        .par_chunks_mut(nf.max(1) * 4096)
+        .par_chunks_mut(stride * 4096)
         .enumerate()
         .for_each(|(k, chunk)| {
             let base = k * 4096;
-            for (j, row) in chunk.chunks_mut(nf).enumerate() {
-                for f in 0..nf {
-                    let v = x[f][base + j];
-                    let b = &bounds[f];
-                    row[f] = b.partition_point(|ub| *ub < v).min(b.len() - 1) as u8;
+            for (j, row) in chunk.chunks_mut(stride).enumerate() {
+                for (f, b) in row[..nf].iter_mut().enumerate() {
+                    *b = columns[f * n + base + j];
                 }
+                // Padding bins vary from row to row: a bin added to in every row would chain
+                // each row's update to the previous one's store.
+                row[nf..].fill((base + j) as u8);
             }
         });
     Binned {
         row_major,
+        stride,
+        columns,
+        n,
         n_features: nf,
         bounds,
     }
@@ -372,42 +318,98 @@ fn prefetch<T>(p: &T) {
     }
 }
 
+/// Adds one row's gradient statistics to the histogram of each of its `W` bins.
 #[inline(always)]
-fn add_row<const N: usize>(hist: &mut [FeatureHist<N>], bins: &[u8], gh: Gh<N>) {
-    for (fh, &bin) in hist.iter_mut().zip(bins) {
-        let e = &mut fh[bin as usize];
+fn add_row<const N: usize, const W: usize>(
+    hist: &mut [FeatureHist<N>; W],
+    bins: &[u8; W],
+    gh: Gh<N>,
+) {
+    for f in 0..W {
+        let e = &mut hist[f][bins[f] as usize];
         for k in 0..N {
             e[k] += gh[k];
         }
     }
 }
 
-fn build_hist<const N: usize>(b: &Binned, rows: Rows, gh: &[Gh<N>]) -> Vec<FeatureHist<N>> {
-    let nf = b.n_features;
-    let fill = |k: usize| {
-        let mut hist = vec![[[0.0; N]; 256]; nf];
-        match rows {
-            Rows::All(n) => {
-                let (lo, hi) = (k * HIST_CHUNK, ((k + 1) * HIST_CHUNK).min(n));
-                for (bins, gh) in b.row_major[lo * nf..hi * nf]
-                    .chunks_exact(nf)
-                    .zip(&gh[lo..hi])
-                {
-                    add_row(&mut hist, bins, *gh);
-                }
-            }
-            Rows::List(l) => {
-                let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
-                for (i, &r) in chunk.iter().enumerate() {
-                    if let Some(&ahead) = chunk.get(i + PREFETCH) {
-                        prefetch(&b.row_major[ahead as usize * nf]);
-                        prefetch(&gh[ahead as usize]);
-                    }
-                    add_row(&mut hist, b.bins(r as usize), gh[r as usize]);
-                }
+/// The histogram of the rows of chunk `k` of `rows`, for rows of `W` bins.
+fn fill<const N: usize, const W: usize>(
+    b: &Binned,
+    rows: Rows,
+    gh: &[Gh<N>],
+    k: usize,
+) -> Vec<FeatureHist<N>> {
+    let mut out = vec![[[0.0; N]; 256]; W];
+    let hist: &mut [FeatureHist<N>; W] = (&mut out[..]).try_into().expect("W histograms");
+    let row = |r: usize| -> &[u8; W] {
+        b.row_major[r * W..(r + 1) * W]
+            .try_into()
+            .expect("rows of W bins")
+    };
+    match rows {
+        Rows::All(n) => {
+            for r in k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n) {
+                add_row(hist, row(r), gh[r]);
             }
         }
-        hist
+        Rows::List(l) => {
+            let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
+            for (i, &r) in chunk.iter().enumerate() {
+                if let Some(&ahead) = chunk.get(i + PREFETCH) {
+                    prefetch(&b.row_major[ahead as usize * W]);
+                    // Both ends: a 24-byte entry can straddle two cache lines.
+                    prefetch(&gh[ahead as usize][0]);
+                    prefetch(&gh[ahead as usize][N - 1]);
+                }
+                add_row(hist, row(r as usize), gh[r as usize]);
+            }
+        }
+    }
+    out
+}
+
+/// [`fill`] for any number of features.
+fn fill_any<const N: usize>(b: &Binned, rows: Rows, gh: &[Gh<N>], k: usize) -> Vec<FeatureHist<N>> {
+    let w = b.stride;
+    let mut hist = vec![[[0.0; N]; 256]; w];
+    let mut add = |r: usize| {
+        for (fh, &bin) in hist.iter_mut().zip(&b.row_major[r * w..(r + 1) * w]) {
+            let e = &mut fh[bin as usize];
+            for k in 0..N {
+                e[k] += gh[r][k];
+            }
+        }
+    };
+    match rows {
+        Rows::All(n) => (k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n)).for_each(add),
+        Rows::List(l) => {
+            let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
+            for (i, &r) in chunk.iter().enumerate() {
+                if let Some(&ahead) = chunk.get(i + PREFETCH) {
+                    prefetch(&b.row_major[ahead as usize * w]);
+                    // Both ends: a 24-byte entry can straddle two cache lines.
+                    prefetch(&gh[ahead as usize][0]);
+                    prefetch(&gh[ahead as usize][N - 1]);
+                }
+                add(r as usize);
+            }
+        }
+    }
+    hist
+}
+
+/// The histogram of every feature over `rows`: (gradient, hessian[, count]) summed per bin.
+fn build_hist<const N: usize>(b: &Binned, rows: Rows, gh: &[Gh<N>]) -> Vec<FeatureHist<N>> {
+    let fill = |k: usize| {
+        let mut h = match b.stride {
+            16 => fill::<N, 16>(b, rows, gh, k),
+            32 => fill::<N, 32>(b, rows, gh, k),
+            _ => fill_any(b, rows, gh, k),
+        };
+        // The padding's scratch histograms.
+        h.truncate(b.n_features);
+        h
     };
     let chunks = rows.len().div_ceil(HIST_CHUNK);
     if chunks <= 1 {
@@ -449,7 +451,7 @@ fn best_split<const N: usize>(
         for (bin, e) in fh[..nb.saturating_sub(1)].iter().enumerate() {
             gl += e[0];
             hl += e[1];
-            nl += e[N - 1];
+            nl += e[COUNT[N]];
             if nl < min_data {
                 continue;
             }
@@ -535,15 +537,15 @@ pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Boost
 fn partition(b: &Binned, seg: &mut [u32], scratch: &mut [u32], s: &Split) -> usize {
     let (mut l, mut r) = (0usize, 0usize);
     let tmp = &mut scratch[..seg.len()];
-    let nf = b.n_features;
+    let col = &b.columns[s.feature * b.n..(s.feature + 1) * b.n];
     // Branch-free: both destinations are written and one count advances (`l <= i`, so the
     // write never lands on an unread row).
     for i in 0..seg.len() {
         if let Some(&ahead) = seg.get(i + PREFETCH) {
-            prefetch(&b.row_major[ahead as usize * nf + s.feature]);
+            prefetch(&col[ahead as usize]);
         }
         let row = seg[i];
-        let left = (b.row_major[row as usize * nf + s.feature] as usize) <= s.bin;
+        let left = (col[row as usize] as usize) <= s.bin;
         seg[l] = row;
         tmp[r] = row;
         l += usize::from(left);
