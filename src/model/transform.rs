@@ -160,15 +160,24 @@ impl Transform {
         let a = column(batch, &f.name)?;
         Ok(match &f.encoding {
             Encoding::Numeric { impute } => {
-                let v = as_f64(a)?;
-                let n = v.iter().filter(|x| x.is_none()).count() as u64;
-                (
-                    v.into_iter()
-                        .map(|x| x.unwrap_or(*impute))
-                        .collect::<Vec<f64>>(),
-                    n,
-                    0,
+                let f = arrow::compute::cast(
+                    &arrow::array::make_array(a.to_data()),
+                    &DataType::Float64,
                 )
+                .map_err(|e| format!("cannot read a number: {e}"))?;
+                let mut n = 0u64;
+                let col = f
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|x| match x.filter(|x| x.is_finite()) {
+                        Some(x) => x,
+                        None => {
+                            n += 1;
+                            *impute
+                        }
+                    })
+                    .collect::<Vec<f64>>();
+                (col, n, 0)
             }
             Encoding::Bool { impute } => {
                 if a.data_type() != &DataType::Boolean {
@@ -203,11 +212,14 @@ impl Transform {
                     ));
                 }
                 let s = a.as_string::<i32>();
-                let index: std::collections::HashMap<&str, usize> = categories
+                // Categories sorted with their codes: a binary search of a handful of short
+                // strings is cheaper than hashing every row's value.
+                let mut index: Vec<(&[u8], usize)> = categories
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| (c.as_str(), i))
+                    .map(|(i, c)| (c.as_bytes(), i))
                     .collect();
+                index.sort_unstable();
                 let other = categories.len() as f64;
                 let (mut n_null, mut n_unseen) = (0u64, 0u64);
                 let col = s
@@ -217,10 +229,13 @@ impl Transform {
                             n_null += 1;
                             other
                         }
-                        Some(t) => index.get(t).map(|&i| i as f64).unwrap_or_else(|| {
-                            n_unseen += 1;
-                            other
-                        }),
+                        Some(t) => match index.binary_search_by(|(c, _)| (*c).cmp(t.as_bytes())) {
+                            Ok(k) => index[k].1 as f64,
+                            Err(_) => {
+                                n_unseen += 1;
+                                other
+                            }
+                        },
                     })
                     .collect();
                 (col, n_null, n_unseen)

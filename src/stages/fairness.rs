@@ -91,6 +91,18 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let prep = ctx.upstream_output("prepare", "prepare")?;
     let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
     let clean = ctx.read_table(&recipe.source).await?;
+    // Only the attribute columns are needed (the holdout rows of every column would be copied
+    // once per model otherwise).
+    let columns: Vec<usize> = cfg
+        .attributes
+        .values()
+        .filter_map(|a| clean.schema().index_of(&a.column).ok())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let clean = clean
+        .project(&columns)
+        .map_err(|e| Error::Infra(format!("fairness: {e}")))?;
     for m in models {
         let (stage, rec) = ctx.trained(m)?;
         let task: Task =
@@ -158,14 +170,20 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             }
             // Bootstrap: resample holdout rows with replacement, recompute the ratios.
             let n = lr.len();
+            // Each row in one word (group number, selected, positive): a draw reads one place.
+            let packed: Vec<u64> = gid
+                .iter()
+                .zip(selected.iter().zip(&truth))
+                .map(|(g, (s, t))| (*g as u64) << 2 | u64::from(*s) << 1 | u64::from(*t))
+                .collect();
             let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
                 .into_par_iter()
                 .map(|b| {
                     let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
                     let mut counts = vec![[0u64; 4]; number.len()];
                     for _ in 0..n {
-                        let i = rng.below(n);
-                        tally(&mut counts[gid[i]], selected[i], truth[i]);
+                        let row = packed[rng.below(n)];
+                        tally(&mut counts[(row >> 2) as usize], row & 2 != 0, row & 1 != 0);
                     }
                     ratios_of_counts(&counts, cfg.min_group_size)
                 })

@@ -204,22 +204,29 @@ impl Ranked {
     fn raw(&self, init: f64, x: &[&[f64]]) -> Vec<f64> {
         let n = x.first().map_or(0, |c| c.len());
         let mut out = vec![init; n];
+        let nf = x.len();
+        let group = simd::GROUP * BLOCK;
         out.par_chunks_mut(TASK_BLOCKS * BLOCK)
             .enumerate()
             .for_each(|(k, chunk)| {
-                let mut ranks = vec![[0u8; BLOCK]; x.len()];
-                for (bi, block) in chunk.chunks_mut(BLOCK).enumerate() {
-                    let base = k * TASK_BLOCKS * BLOCK + bi * BLOCK;
-                    for ((col, cuts), r) in x.iter().zip(&self.cuts).zip(ranks.iter_mut()) {
-                        // A feature no tree splits on is never read.
-                        if !cuts.is_empty() {
-                            for (r, v) in r.iter_mut().zip(&col[base..base + block.len()]) {
-                                *r = rank(*v, cuts);
+                // `ranks[g * nf + f][j]`: the rank of row `j` of block `g` in feature `f`.
+                let mut ranks = vec![[0u8; BLOCK]; simd::GROUP * nf];
+                for (gi, rows) in chunk.chunks_mut(group).enumerate() {
+                    let base = k * TASK_BLOCKS * BLOCK + gi * group;
+                    for (g, block) in rows.chunks(BLOCK).enumerate() {
+                        let base = base + g * BLOCK;
+                        let ranks = &mut ranks[g * nf..(g + 1) * nf];
+                        for ((col, cuts), r) in x.iter().zip(&self.cuts).zip(ranks) {
+                            // A feature no tree splits on is never read.
+                            if !cuts.is_empty() {
+                                for (r, v) in r.iter_mut().zip(&col[base..base + block.len()]) {
+                                    *r = rank(*v, cuts);
+                                }
                             }
                         }
                     }
                     // SAFETY: `raw` runs this path only when `simd::available()`.
-                    unsafe { simd::walk(&self.trees, &ranks, block) };
+                    unsafe { simd::walk(&self.trees, &ranks, nf, rows) };
                 }
             });
         out
@@ -247,35 +254,43 @@ mod simd {
             && is_x86_feature_detected!("avx512vbmi")
     }
 
-    /// Adds every tree's leaf value to `out` (at most 64 rows); `ranks[f][j]` is row `j`'s rank
-    /// in feature `f`.
+    /// Blocks of 64 rows walked together: their steps are independent, so one block's
+    /// instructions fill the other's latencies.
+    pub const GROUP: usize = 2;
+
+    /// Adds every tree's leaf value to `out` (at most `GROUP` blocks of 64 rows);
+    /// `ranks[g * nf + f][j]` is the rank of row `j` of block `g` in feature `f`.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VBMI ([`available`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    pub unsafe fn walk(trees: &[RankTree], ranks: &[[u8; BLOCK]], out: &mut [f64]) {
+    pub unsafe fn walk(trees: &[RankTree], ranks: &[[u8; BLOCK]], nf: usize, out: &mut [f64]) {
         // SAFETY (loads and stores): every pointer is to a 64-byte array.
         let load = |p: &[u8; BLOCK]| unsafe { _mm512_loadu_si512(p.as_ptr().cast()) };
         let one = _mm512_set1_epi8(1);
-        let mut at = [0u8; BLOCK];
+        let mut at = [[0u8; BLOCK]; GROUP];
         for t in trees {
             let (feature, rank, left) = (load(&t.feature), load(&t.rank), load(&t.left));
-            let mut node = _mm512_setzero_si512();
+            let mut node = [_mm512_setzero_si512(); GROUP];
             for _ in 0..t.depth {
-                let f = _mm512_permutexvar_epi8(node, feature);
-                let k = _mm512_permutexvar_epi8(node, rank);
-                let l = _mm512_permutexvar_epi8(node, left);
-                // Each row's rank in its node's feature (leaves: 0, below their rank 255).
-                let mut v = _mm512_setzero_si512();
-                for &u in &t.used {
-                    let here = _mm512_cmpeq_epi8_mask(f, _mm512_set1_epi8(u as i8));
-                    v = _mm512_mask_mov_epi8(v, here, load(&ranks[usize::from(u)]));
+                for (g, node) in node.iter_mut().enumerate() {
+                    let f = _mm512_permutexvar_epi8(*node, feature);
+                    let k = _mm512_permutexvar_epi8(*node, rank);
+                    let l = _mm512_permutexvar_epi8(*node, left);
+                    // Each row's rank in its node's feature (leaves: 0, below their rank 255).
+                    let mut v = _mm512_setzero_si512();
+                    for &u in &t.used {
+                        let here = _mm512_cmpeq_epi8_mask(f, _mm512_set1_epi8(u as i8));
+                        v = _mm512_mask_mov_epi8(v, here, load(&ranks[g * nf + usize::from(u)]));
+                    }
+                    let right = _mm512_cmpgt_epu8_mask(v, k);
+                    *node = _mm512_mask_add_epi8(l, right, l, one);
                 }
-                let right = _mm512_cmpgt_epu8_mask(v, k);
-                node = _mm512_mask_add_epi8(l, right, l, one);
             }
-            unsafe { _mm512_storeu_si512(at.as_mut_ptr().cast(), node) };
-            for (o, &i) in out.iter_mut().zip(&at) {
+            for (a, n) in at.iter_mut().zip(&node) {
+                unsafe { _mm512_storeu_si512(a.as_mut_ptr().cast(), *n) };
+            }
+            for (o, &i) in out.iter_mut().zip(at.as_flattened()) {
                 *o += t.value[usize::from(i)];
             }
         }
