@@ -503,13 +503,26 @@ impl Event<'_> {
 
 /// Cumulative counts of `values` at most each bound (the last bound is +Inf).
 pub fn distribution(values: &[f64], bounds: &[f64]) -> Vec<(f64, u64)> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(f64::total_cmp);
-    bounds
+    let bounds: Vec<f64> = bounds
         .iter()
         .copied()
         .chain(std::iter::once(f64::INFINITY))
-        .map(|b| (b, sorted.partition_point(|v| *v <= b) as u64))
+        .collect();
+    // Each value counted in the first bucket whose bound it does not exceed, then summed up.
+    let mut counts = vec![0u64; bounds.len()];
+    for v in values.iter().filter(|v| !v.is_nan()) {
+        if let Some(c) = counts.get_mut(bounds.partition_point(|b| b < v)) {
+            *c += 1;
+        }
+    }
+    let mut total = 0;
+    bounds
+        .into_iter()
+        .zip(counts)
+        .map(|(b, c)| {
+            total += c;
+            (b, total)
+        })
         .collect()
 }
 

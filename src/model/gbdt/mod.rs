@@ -7,15 +7,18 @@
 //! Where the time goes, and what keeps it short (profiled on 800 000 rows × 15 features):
 //! - Histograms of a leaf's rows read the rows' bins and gradients in row order but with gaps,
 //!   from arrays far larger than the caches; each row's data is prefetched a few dozen rows
-//!   ahead, which took these reads from about 45 to about 11 ns a row.
-//! - The root's histogram reads all rows in storage order, in parallel chunks.
-//! - Partitioning a leaf is branch-free (the left/right choice is a coin toss to the CPU).
+//!   ahead (45 → 11 ns a row). Rows of bins are padded to 16 or 32 bytes, so the per-row loop
+//!   has a fixed length and unrolls.
+//! - The root's histogram: for squared error it is carried from tree to tree (see
+//!   [`Grower::grow`]); for logistic loss only gradient and hessian are summed, the row counts
+//!   per bin being the same every tree. Either way in parallel chunks, added in chunk order.
+//! - Partitioning a leaf reads one column of bins; it is branch-free (the left/right choice is a
+//!   coin toss to the CPU), 16 rows a step with AVX-512.
 //! - A histogram entry is (gradient, hessian) for squared error, whose hessian sum is the row
 //!   count, and (gradient, hessian, count) for logistic loss; each feature has 256 entries, so a
 //!   byte-sized bin number indexes it without a bounds check. Counts are exact: LightGBM
 //!   estimates them from the hessian, which moves `min_data_in_leaf` decisions of logistic trees.
-//! - Scoring runs blocks of 64 rows through each tree in lockstep (leaves point to themselves),
-//!   so the inner loop has no unpredictable branch.
+//! - Scoring: see [`predict`].
 
 mod predict;
 
