@@ -163,6 +163,9 @@ fn kernels(c: &mut Criterion) {
     let groups: Vec<usize> = (0..n).map(|i| i % 5).collect();
     let selected: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
     let truth: Vec<bool> = (0..n).map(|i| i % 7 < 2).collect();
+    let packed: Vec<u64> = (0..n)
+        .map(|i| mlpipe::fairness::pack(groups[i], selected[i], truth[i]))
+        .collect();
     g.bench_function("fairness_bootstrap_100", |b| {
         use rayon::prelude::*;
         b.iter(|| {
@@ -171,11 +174,7 @@ fn kernels(c: &mut Criterion) {
                     .into_par_iter()
                     .map(|k| {
                         let mut rng = mlpipe::generate::Rng::new(k);
-                        let mut counts = vec![[0u64; 4]; 5];
-                        for _ in 0..n {
-                            let i = rng.below(n);
-                            mlpipe::fairness::tally(&mut counts[groups[i]], selected[i], truth[i]);
-                        }
+                        let counts = mlpipe::fairness::resample_counts(&packed, 5, &mut rng);
                         mlpipe::fairness::ratios_of_counts(&counts, 200)
                     })
                     .collect::<Vec<_>>(),

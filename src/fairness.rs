@@ -64,12 +64,42 @@ pub fn groups(
 /// number: what [`groups`] tallies, without labels, for the bootstrap's many resamples.
 pub type Counts = [u64; 4];
 
-/// Adds one row to its group's counts.
-pub fn tally(c: &mut Counts, selected: bool, positive: bool) {
-    c[0] += 1;
-    c[1] += u64::from(selected);
-    c[2] += u64::from(positive);
-    c[3] += u64::from(selected && positive);
+/// Adds `n` rows of one kind to their group's counts.
+pub fn tally(c: &mut Counts, selected: bool, positive: bool, n: u64) {
+    c[0] += n;
+    c[1] += u64::from(selected) * n;
+    c[2] += u64::from(positive) * n;
+    c[3] += u64::from(selected && positive) * n;
+}
+
+/// A row for [`resample_counts`]: its group number, whether it was selected, whether it is a
+/// positive, in one word.
+pub fn pack(group: usize, selected: bool, positive: bool) -> u64 {
+    (group as u64) << 2 | u64::from(selected) << 1 | u64::from(positive)
+}
+
+/// The per-group counts of one bootstrap resample of `rows` (packed by [`pack`], group numbers
+/// below `groups`): as many draws as rows, with replacement.
+pub fn resample_counts(rows: &[u64], groups: usize, rng: &mut crate::generate::Rng) -> Vec<Counts> {
+    let n = rows.len();
+    // Draws counted per packed word, in four interleaved tables: consecutive draws of one group
+    // would otherwise wait on each other's increments.
+    let codes = 4 * groups;
+    let mut hits = vec![0u32; 4 * codes];
+    for i in 0..n {
+        hits[(i & 3) * codes + rows[rng.below(n)] as usize] += 1;
+    }
+    let mut counts = vec![[0u64; 4]; groups];
+    for (code, h) in hits.iter().enumerate() {
+        let code = code % codes;
+        tally(
+            &mut counts[code >> 2],
+            code & 2 != 0,
+            code & 1 != 0,
+            u64::from(*h),
+        );
+    }
+    counts
 }
 
 /// The demographic parity and equal-opportunity ratios of per-group counts: the same figures as
@@ -167,6 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn a_resample_counts_what_drawing_row_by_row_counts() {
+        let rows: Vec<(usize, bool, bool)> =
+            (0..1_001).map(|i| (i % 3, i % 5 == 0, i % 7 < 3)).collect();
+        let packed: Vec<u64> = rows.iter().map(|&(g, s, t)| pack(g, s, t)).collect();
+        for seed in [1, 2, 3] {
+            let mut rng = crate::generate::Rng::new(seed);
+            let mut want = vec![[0u64; 4]; 3];
+            for _ in 0..rows.len() {
+                let (g, s, t) = rows[rng.below(rows.len())];
+                tally(&mut want[g], s, t, 1);
+            }
+            let got = resample_counts(&packed, 3, &mut crate::generate::Rng::new(seed));
+            assert_eq!(got, want, "seed {seed}");
+        }
+    }
+
+    #[test]
     fn ratios_of_counts_equal_the_ratios_of_groups() {
         let d = decisions();
         for min_size in [0, 4, 5, 6] {
@@ -174,7 +221,7 @@ mod tests {
             let mut counts = vec![[0u64; 4]; 4]; // group "d" has no rows
             for ((l, s), t) in G.iter().zip(&d).zip(YB) {
                 let k = (l.as_bytes()[0] - b'a') as usize;
-                tally(&mut counts[k], *s, t);
+                tally(&mut counts[k], *s, t, 1);
             }
             let (dpr, eor) = ratios_of_counts(&counts, min_size);
             let same = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());

@@ -18,7 +18,8 @@ use crate::config::{Attribute, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::fairness::{
-    demographic_parity_ratio, equal_opportunity_ratio, groups, ratios_of_counts, tally,
+    demographic_parity_ratio, equal_opportunity_ratio, groups, pack, ratios_of_counts,
+    resample_counts,
 };
 use crate::generate::Rng;
 
@@ -174,17 +175,13 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             let packed: Vec<u64> = gid
                 .iter()
                 .zip(selected.iter().zip(&truth))
-                .map(|(g, (s, t))| (*g as u64) << 2 | u64::from(*s) << 1 | u64::from(*t))
+                .map(|(g, (s, t))| pack(*g, *s, *t))
                 .collect();
             let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
                 .into_par_iter()
                 .map(|b| {
                     let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
-                    let mut counts = vec![[0u64; 4]; number.len()];
-                    for _ in 0..n {
-                        let row = packed[rng.below(n)];
-                        tally(&mut counts[(row >> 2) as usize], row & 2 != 0, row & 1 != 0);
-                    }
+                    let counts = resample_counts(&packed, number.len(), &mut rng);
                     ratios_of_counts(&counts, cfg.min_group_size)
                 })
                 .collect();
