@@ -170,7 +170,6 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 group_metric.insert(name.clone(), v);
             }
             // Bootstrap: resample holdout rows with replacement, recompute the ratios.
-            let n = lr.len();
             // Each row in one word (group number, selected, positive): a draw reads one place.
             let packed: Vec<u64> = gid
                 .iter()
