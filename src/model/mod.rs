@@ -82,6 +82,32 @@ impl Algorithm {
     }
 
     /// Fits on the training columns `x` (through `transform`) and target `y` (0/1 for binary).
+    /// [`Algorithm::fit`] on features it owns, so that the booster can free them once it has
+    /// bucketed them.
+    pub fn fit_owned(
+        &self,
+        x: Vec<Vec<f64>>,
+        y: &[f64],
+        task: Task,
+        transform: &transform::Transform,
+    ) -> Result<Fitted, String> {
+        match self {
+            Algorithm::Gbdt { params } => {
+                let objective = match task {
+                    Task::Regression => gbdt::Objective::SquaredError,
+                    Task::Binary => gbdt::Objective::Logistic,
+                };
+                Ok(Fitted::Booster {
+                    booster: gbdt::train_owned(x, y, objective, params),
+                })
+            }
+            _ => {
+                let views: Vec<&[f64]> = x.iter().map(|c| c.as_slice()).collect();
+                self.fit(&views, y, task, transform)
+            }
+        }
+    }
+
     pub fn fit(
         &self,
         x: &[&[f64]],

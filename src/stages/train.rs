@@ -211,11 +211,8 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
             yt.len()
         ));
     }
-    let views: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
     let fitted = tracing::info_span!("fit", model = %model.name, algorithm = model.algorithm.name(), rows = yt.len())
-        .in_scope(|| model.algorithm.fit(&views, &yt, model.task, &transform))?;
-    drop(views);
-    drop(xt);
+        .in_scope(|| model.algorithm.fit_owned(xt, &yt, model.task, &transform))?;
     let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
     let ph = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
         .in_scope(|| fitted.predict(&hviews))?;

@@ -524,8 +524,22 @@ fn best_split<const N: usize>(
 /// Trains a booster on column-major features `x[feature][row]` and targets `y` (0/1 for
 /// logistic).
 pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Booster {
+    train_binned(bin_features(x, p.max_bins), y, objective, p)
+}
+
+/// [`train`] on features it owns: they are freed once bucketed, before the trees grow (three
+/// models training at once would otherwise each hold their rows as numbers and as bins).
+pub fn train_owned(x: Vec<Vec<f64>>, y: &[f64], objective: Objective, p: &Params) -> Booster {
+    let binned = {
+        let views: Vec<&[f64]> = x.iter().map(|c| c.as_slice()).collect();
+        bin_features(&views, p.max_bins)
+    };
+    drop(x);
+    train_binned(binned, y, objective, p)
+}
+
+fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
     let n = y.len();
-    let binned = bin_features(x, p.max_bins);
     let init_score = match objective {
         Objective::SquaredError => y.iter().sum::<f64>() / n as f64,
         Objective::Logistic => {
@@ -535,7 +549,7 @@ pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Boost
     };
     let mut score = vec![init_score; n];
     let mut trees = Vec::with_capacity(p.n_trees);
-    let mut importance = vec![0.0; x.len()];
+    let mut importance = vec![0.0; binned.n_features];
     let mut grower = Grower {
         b: &binned,
         p,
