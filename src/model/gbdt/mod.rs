@@ -353,26 +353,36 @@ fn fill<const N: usize, const M: usize, const W: usize>(
             .try_into()
             .expect("rows of W bins")
     };
+    each_row(b, rows, k, W, gh, |r| add_row(hist, row(r), &gh[r]));
+    out
+}
+
+/// Calls `add` with each row of chunk `k` of `rows`, in order; a listed row's bins (`stride`
+/// bytes) and gradient entry are prefetched a few dozen rows ahead.
+#[inline(always)]
+fn each_row<const N: usize>(
+    b: &Binned,
+    rows: Rows,
+    k: usize,
+    stride: usize,
+    gh: &[Gh<N>],
+    mut add: impl FnMut(usize),
+) {
     match rows {
-        Rows::All(n) => {
-            for r in k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n) {
-                add_row(hist, row(r), &gh[r]);
-            }
-        }
+        Rows::All(n) => (k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n)).for_each(add),
         Rows::List(l) => {
             let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
             for (i, &r) in chunk.iter().enumerate() {
                 if let Some(&ahead) = chunk.get(i + PREFETCH) {
-                    prefetch(&b.row_major[ahead as usize * W]);
+                    prefetch(&b.row_major[ahead as usize * stride]);
                     // Both ends: a 24-byte entry can straddle two cache lines.
                     prefetch(&gh[ahead as usize][0]);
                     prefetch(&gh[ahead as usize][N - 1]);
                 }
-                add_row(hist, row(r as usize), &gh[r as usize]);
+                add(r as usize);
             }
         }
     }
-    out
 }
 
 /// [`fill`] for any number of features.
@@ -384,29 +394,14 @@ fn fill_any<const N: usize, const M: usize>(
 ) -> Vec<FeatureHist<M>> {
     let w = b.stride;
     let mut hist = vec![[[0.0; M]; 256]; w];
-    let mut add = |r: usize| {
+    each_row(b, rows, k, w, gh, |r| {
         for (fh, &bin) in hist.iter_mut().zip(&b.row_major[r * w..(r + 1) * w]) {
             let e = &mut fh[bin as usize];
             for k in 0..M {
                 e[k] += gh[r][k];
             }
         }
-    };
-    match rows {
-        Rows::All(n) => (k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n)).for_each(add),
-        Rows::List(l) => {
-            let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
-            for (i, &r) in chunk.iter().enumerate() {
-                if let Some(&ahead) = chunk.get(i + PREFETCH) {
-                    prefetch(&b.row_major[ahead as usize * w]);
-                    // Both ends: a 24-byte entry can straddle two cache lines.
-                    prefetch(&gh[ahead as usize][0]);
-                    prefetch(&gh[ahead as usize][N - 1]);
-                }
-                add(r as usize);
-            }
-        }
-    }
+    });
     hist
 }
 
