@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
-use rayon::prelude::*;
 
 use super::StageDone;
 use crate::config::{Attribute, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::fairness::{
-    demographic_parity_ratio, equal_opportunity_ratio, groups, pack, ratios_of_counts,
+    demographic_parity_ratio, equal_opportunity_ratio, groups, kinds, pack, ratios_of_counts,
     resample_counts,
 };
 use crate::generate::Rng;
@@ -169,19 +168,18 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 };
                 group_metric.insert(name.clone(), v);
             }
-            // Bootstrap: resample holdout rows with replacement, recompute the ratios.
-            // Each row in one word (group number, selected, positive): a draw reads one place.
-            let packed: Vec<u64> = gid
-                .iter()
-                .zip(selected.iter().zip(&truth))
-                .map(|(g, (s, t))| pack(*g, *s, *t))
-                .collect();
+            // Bootstrap: resample holdout rows with replacement, recompute the ratios. A
+            // resample only needs how many rows of each kind (group, selected, positive) it drew.
+            let k = kinds(
+                gid.iter()
+                    .zip(selected.iter().zip(&truth))
+                    .map(|(g, (s, t))| pack(*g, *s, *t)),
+                number.len(),
+            );
             let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
-                .into_par_iter()
                 .map(|b| {
                     let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
-                    let counts = resample_counts(&packed, number.len(), &mut rng);
-                    ratios_of_counts(&counts, cfg.min_group_size)
+                    ratios_of_counts(&resample_counts(&k, &mut rng), cfg.min_group_size)
                 })
                 .collect();
             let dpr_ci = interval(boots.iter().map(|b| b.0).collect());
