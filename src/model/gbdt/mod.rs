@@ -747,6 +747,36 @@ impl Grower<'_> {
             let mid = leaf.start + l;
             let r = leaf.end - mid;
             let (gl, hl, gr, hr) = (s.gl, s.hl, leaf.g - s.gl, leaf.h - s.hl);
+            let node = leaf.node;
+            let (ln, rn) = (tree.feature.len(), tree.feature.len() + 1);
+            tree.feature[node] = s.feature as u32;
+            tree.threshold[node] = b.bounds[s.feature][s.bin];
+            tree.left[node] = ln as i32;
+            tree.right[node] = rn as i32;
+            for _ in 0..2 {
+                tree.feature.push(0);
+                tree.threshold.push(0.0);
+                tree.left.push(-1);
+                tree.right.push(-1);
+                tree.value.push(0.0);
+            }
+            let child = |start, end, g, h, hist, split, node| Leaf {
+                start,
+                end,
+                g,
+                h,
+                depth: leaf.depth + 1,
+                hist,
+                split,
+                node,
+            };
+            if leaves.len() + 2 == p.num_leaves && root.is_none() {
+                // The last split: its children stay leaves, and without a carried root
+                // histogram to update nothing needs theirs.
+                leaves.push(child(leaf.start, mid, gl, hl, Vec::new(), None, ln));
+                leaves.push(child(mid, leaf.end, gr, hr, Vec::new(), None, rn));
+                break;
+            }
             // Histogram of the smaller child; the other is the parent's minus it.
             let (small, small_is_left) = if l <= r {
                 (&rows[leaf.start..mid], true)
@@ -767,41 +797,10 @@ impl Grower<'_> {
             } else {
                 (big_hist, small_hist)
             };
-            let node = leaf.node;
-            let (ln, rn) = (tree.feature.len(), tree.feature.len() + 1);
-            tree.feature[node] = s.feature as u32;
-            tree.threshold[node] = b.bounds[s.feature][s.bin];
-            tree.left[node] = ln as i32;
-            tree.right[node] = rn as i32;
-            for _ in 0..2 {
-                tree.feature.push(0);
-                tree.threshold.push(0.0);
-                tree.left.push(-1);
-                tree.right.push(-1);
-                tree.value.push(0.0);
-            }
             let split_l = best_split(b, &hist_l, gl, hl, l, p);
             let split_r = best_split(b, &hist_r, gr, hr, r, p);
-            leaves.push(Leaf {
-                start: leaf.start,
-                end: mid,
-                g: gl,
-                h: hl,
-                depth: leaf.depth + 1,
-                hist: hist_l,
-                split: split_l,
-                node: ln,
-            });
-            leaves.push(Leaf {
-                start: mid,
-                end: leaf.end,
-                g: gr,
-                h: hr,
-                depth: leaf.depth + 1,
-                hist: hist_r,
-                split: split_r,
-                node: rn,
-            });
+            leaves.push(child(leaf.start, mid, gl, hl, hist_l, split_l, ln));
+            leaves.push(child(mid, leaf.end, gr, hr, hist_r, split_r, rn));
         }
         for leaf in &leaves {
             let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
