@@ -12,8 +12,12 @@ fn main() {
 /// stages allocate and free large buffers all the time: each first touch of a returned region
 /// then had the kernel zero a whole 2 MiB page. At 1 M customers that was 2.3 of 3.5 s of
 /// system time, about 1.5 s of wall time, and 50 MB more peak memory (docs/PERFORMANCE.md).
-/// `MIMALLOC_ALLOW_THP=0` does the same through mimalloc; this makes it the default.
+/// `MIMALLOC_ALLOW_THP=0` does the same through mimalloc; this makes it the default, and an
+/// explicit `MIMALLOC_ALLOW_THP` (say `=1`) decides instead.
 fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag of this process.
     unsafe {
