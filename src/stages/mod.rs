@@ -87,7 +87,8 @@ pub fn kind_version(st: &Stage) -> u32 {
         StageKind::Train { .. } => 1,
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
-        StageKind::Fairness { .. } => 1,
+        // 2: bootstrap resamples drawn as multinomial counts (other intervals, same method).
+        StageKind::Fairness { .. } => 2,
         StageKind::Register { .. } => 1,
         StageKind::Health => 1,
     }
