@@ -159,22 +159,27 @@ fn kernels(c: &mut Criterion) {
         })
     });
 
-    // The fairness bootstrap: 100 resamples of every row, counted per (group, selected, truth).
+    // The fairness bootstrap: counting rows per kind (group, selected, truth), then 100
+    // resamples drawn as multinomial counts of those kinds.
     let groups: Vec<usize> = (0..n).map(|i| i % 5).collect();
     let selected: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
     let truth: Vec<bool> = (0..n).map(|i| i % 7 < 2).collect();
-    let packed: Vec<u64> = (0..n)
-        .map(|i| mlpipe::fairness::pack(groups[i], selected[i], truth[i]))
-        .collect();
+    let kinds = || {
+        mlpipe::fairness::kinds(
+            (0..n).map(|i| mlpipe::fairness::pack(groups[i], selected[i], truth[i])),
+            5,
+        )
+    };
     g.bench_function("fairness_bootstrap_100", |b| {
         use rayon::prelude::*;
         b.iter(|| {
+            let kinds = kinds();
             black_box(
                 (0..100u64)
                     .into_par_iter()
                     .map(|k| {
                         let mut rng = mlpipe::generate::Rng::new(k);
-                        let counts = mlpipe::fairness::resample_counts(&packed, 5, &mut rng);
+                        let counts = mlpipe::fairness::resample_counts(&kinds, &mut rng);
                         mlpipe::fairness::ratios_of_counts(&counts, 200)
                     })
                     .collect::<Vec<_>>(),
