@@ -100,7 +100,8 @@ pub fn resample_counts(kinds: &[u64], rng: &mut crate::generate::Rng) -> Vec<Cou
     use rand_distr::Distribution;
     let mut counts = vec![[0u64; 4]; kinds.len().div_ceil(4)];
     // Draws still to place, and the rows of the kinds not yet visited.
-    let (mut left, mut rest) = (kinds.iter().sum::<u64>(), kinds.iter().sum::<u64>());
+    let n = kinds.iter().sum::<u64>();
+    let (mut left, mut rest) = (n, n);
     for (kind, &rows) in kinds.iter().enumerate() {
         if rows == 0 || left == 0 {
             continue;

@@ -132,7 +132,7 @@ impl Rng {
     /// An index in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         // The product is below n except when rounding makes it n: what `% n` would wrap to 0,
-        // without a division (the bootstrap draws hundreds of millions of these).
+        // without a division.
         let i = (self.uniform() * n as f64) as usize;
         if i >= n {
             0
