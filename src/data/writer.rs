@@ -18,17 +18,15 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Encodes batches (all of one schema) as one Parquet file.
 pub fn to_parquet(batches: &[RecordBatch]) -> Result<Bytes> {
-    let schema = batches
+    let first = batches
         .first()
-        .map(|b| b.schema())
         .ok_or_else(|| Error::Infra("internal: no batch to write".into()))?;
+    let schema = first.schema();
     let mut props = WriterProperties::builder();
-    if let Some(first) = batches.first() {
-        for (field, column) in first.schema().fields().iter().zip(first.columns()) {
-            if mostly_distinct(column.as_ref()) {
-                props = props
-                    .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
-            }
+    for (field, column) in schema.fields().iter().zip(first.columns()) {
+        if mostly_distinct(column.as_ref()) {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
         }
     }
     let props = props
