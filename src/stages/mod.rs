@@ -84,7 +84,8 @@ pub fn kind_version(st: &Stage) -> u32 {
         // 2: personal data pseudonymised, `_bucket` in the clean rows.
         StageKind::Validate { .. } => 2,
         StageKind::Prepare { .. } => 2,
-        StageKind::Train { .. } => 1,
+        // 2: logistic gradients use an inline `exp` (probabilities differ in the 11th digit).
+        StageKind::Train { .. } => 2,
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
         // 2: bootstrap resamples drawn as multinomial counts (other intervals, same method).
