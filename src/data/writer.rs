@@ -7,6 +7,8 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::compute_leaves;
+use rayon::prelude::*;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -36,16 +38,68 @@ pub fn to_parquet(batches: &[RecordBatch]) -> Result<Bytes> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("mlpipe {}", env!("CARGO_PKG_VERSION")))
         .build();
+    let fail = |e: parquet::errors::ParquetError| Error::Infra(format!("cannot encode Parquet: {e}"));
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props))
-        .map_err(|e| Error::Infra(format!("cannot encode Parquet: {e}")))?;
-    for b in batches {
-        w.write(b)
-            .map_err(|e| Error::Infra(format!("cannot encode Parquet: {e}")))?;
+    let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(fail)?;
+    if schema.fields().iter().any(|f| f.data_type().is_nested()) {
+        // A nested column has several leaves; such tables are small here, written in order.
+        for b in batches {
+            w.write(b).map_err(fail)?;
+        }
+        w.close().map_err(fail)?;
+        return Ok(Bytes::from(buf));
     }
-    w.close()
-        .map_err(|e| Error::Infra(format!("cannot encode Parquet: {e}")))?;
+    // Each row group's columns are encoded at once, one task a column, and appended in order.
+    // Every column writer gets the same slices `ArrowWriter::write` would give it, so the bytes
+    // are the ones it writes (the fixtures' byte-for-byte test holds them to that).
+    let (mut file, factory) = w.into_serialized_writer().map_err(fail)?;
+    for (i, pieces) in row_groups(batches).iter().enumerate() {
+        let writers = factory.create_column_writers(i).map_err(fail)?;
+        let chunks = writers
+            .into_par_iter()
+            .zip(schema.fields().par_iter().enumerate())
+            .map(|(mut w, (c, field))| {
+                for p in pieces {
+                    for leaf in compute_leaves(field, p.column(c))? {
+                        w.write(&leaf)?;
+                    }
+                }
+                w.close()
+            })
+            .collect::<parquet::errors::Result<Vec<_>>>()
+            .map_err(fail)?;
+        let mut rg = file.next_row_group().map_err(fail)?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut rg).map_err(fail)?;
+        }
+        rg.close().map_err(fail)?;
+    }
+    file.close().map_err(fail)?;
     Ok(Bytes::from(buf))
+}
+
+/// The batches cut into row groups of [`ROW_GROUP_ROWS`]: each group's slices, in order, where
+/// `ArrowWriter` would cut them (empty batches are skipped, as it skips them).
+fn row_groups(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
+    let mut groups = Vec::new();
+    let (mut group, mut rows) = (Vec::new(), 0);
+    for b in batches {
+        let mut rest = b.clone();
+        while rest.num_rows() > 0 {
+            let take = (ROW_GROUP_ROWS - rows).min(rest.num_rows());
+            group.push(rest.slice(0, take));
+            rest = rest.slice(take, rest.num_rows() - take);
+            rows += take;
+            if rows == ROW_GROUP_ROWS {
+                groups.push(std::mem::take(&mut group));
+                rows = 0;
+            }
+        }
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
 }
 
 /// Rows sampled by [`mostly_distinct`].

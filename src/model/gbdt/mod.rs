@@ -339,7 +339,7 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
         _ => nf,
     };
     // 3 bytes of padding: the vectorised partition reads 4 bytes at a row's bin.
-    let mut columns = vec![0u8; n * nf + 3];
+    let mut columns = big_vec(n * nf + 3, 0u8);
     columns[..n * nf]
         .par_chunks_mut(n.max(1))
         .zip(x.par_iter().zip(&bounds))
@@ -348,7 +348,7 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
                 *c = b.partition_point(|ub| *ub < *v).min(b.len() - 1) as u8;
             }
         });
-    let mut row_major = vec![0u8; n * stride];
+    let mut row_major = big_vec(n * stride, 0u8);
     row_major
         .par_chunks_mut(stride * 4096)
         .enumerate()
@@ -371,6 +371,29 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
         n_features: nf,
         bounds,
     }
+}
+
+/// `n` copies of `value` in memory the kernel is asked to back with 2 MiB pages (Linux), before
+/// any of it is touched. The booster reads its bins, gradients and row lists all over, a
+/// leaf's rows at a time: with 4 KiB pages at 10 M rows nearly every such read also missed the
+/// TLB (at 10 M customers training took about 8 % less time with them). Only these long-lived
+/// buffers ask; see `src/main.rs` for the rest of the process.
+fn big_vec<T: Clone>(n: usize, value: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = n * std::mem::size_of::<T>();
+        let start = v.as_ptr() as usize;
+        let (lo, hi) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies within the vector's allocation; MADV_HUGEPAGE changes how
+            // the kernel backs the pages, never their contents.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v.resize(n, value);
+    v
 }
 
 /// Rows per histogram task: enough work per task, few partial histograms to add up.
@@ -661,19 +684,19 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
             (m / (1.0 - m)).ln()
         }
     };
-    let mut score = vec![init_score; n];
+    let mut score = big_vec(n, init_score);
     let mut trees = Vec::with_capacity(p.n_trees);
     let mut importance = vec![0.0; binned.n_features];
     let mut grower = Grower {
         b: &binned,
         p,
-        rows: vec![0; n],
-        scratch: vec![0; n + 16],
+        rows: big_vec(n, 0),
+        scratch: big_vec(n + 16, 0),
         root_counts: Vec::new(),
     };
     match objective {
         Objective::SquaredError => {
-            let mut gh: Vec<Gh> = vec![[0.0, 1.0]; n];
+            let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
             // The root's histogram, carried from tree to tree (see `grow`).
             let mut root = Vec::new();
             for _ in 0..p.n_trees {
@@ -685,7 +708,7 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
             }
         }
         Objective::Logistic => {
-            let mut gh: Vec<Gh> = vec![[0.0, 1.0]; n];
+            let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
             for _ in 0..p.n_trees {
                 logistic_gradients(&mut gh, &score, y);
                 trees.push(grower.grow::<3>(&gh, &mut score, &mut importance, None));
