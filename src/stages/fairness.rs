@@ -31,28 +31,33 @@ pub fn labels(batch: &RecordBatch, a: &Attribute) -> Result<Vec<String>> {
         Some(edges) => {
             let f = arrow::compute::cast(col, &DataType::Float64)
                 .map_err(|e| Error::Data(e.to_string()))?;
-            let band = |x: f64| -> String {
-                let i = edges.partition_point(|e| *e <= x);
-                let fmt = |v: f64| {
-                    if v.fract() == 0.0 {
-                        format!("{v:.0}")
-                    } else {
-                        format!("{v}")
-                    }
-                };
-                if i == 0 {
-                    format!("<{}", fmt(edges[0]))
-                } else if i == edges.len() {
-                    format!("{}+", fmt(edges[i - 1]))
-                } else if edges[i - 1].fract() == 0.0 && edges[i].fract() == 0.0 {
-                    format!("{}-{}", fmt(edges[i - 1]), fmt(edges[i] - 1.0))
+            let fmt = |v: f64| {
+                if v.fract() == 0.0 {
+                    format!("{v:.0}")
                 } else {
-                    format!("[{}, {})", fmt(edges[i - 1]), fmt(edges[i]))
+                    format!("{v}")
                 }
             };
+            // One name per band, formatted once (not once a row).
+            let names: Vec<String> = (0..=edges.len())
+                .map(|i| {
+                    if i == 0 {
+                        format!("<{}", fmt(edges[0]))
+                    } else if i == edges.len() {
+                        format!("{}+", fmt(edges[i - 1]))
+                    } else if edges[i - 1].fract() == 0.0 && edges[i].fract() == 0.0 {
+                        format!("{}-{}", fmt(edges[i - 1]), fmt(edges[i] - 1.0))
+                    } else {
+                        format!("[{}, {})", fmt(edges[i - 1]), fmt(edges[i]))
+                    }
+                })
+                .collect();
             Ok(f.as_primitive::<Float64Type>()
                 .iter()
-                .map(|v| v.map(band).unwrap_or_else(|| "(null)".into()))
+                .map(|v| match v {
+                    Some(x) => names[edges.partition_point(|e| *e <= x)].clone(),
+                    None => "(null)".into(),
+                })
                 .collect())
         }
         None => {
