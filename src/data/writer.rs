@@ -6,12 +6,12 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::compute_leaves;
-use rayon::prelude::*;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -38,7 +38,8 @@ pub fn to_parquet(batches: &[RecordBatch]) -> Result<Bytes> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("mlpipe {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let fail = |e: parquet::errors::ParquetError| Error::Infra(format!("cannot encode Parquet: {e}"));
+    let fail =
+        |e: parquet::errors::ParquetError| Error::Infra(format!("cannot encode Parquet: {e}"));
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(fail)?;
     if schema.fields().iter().any(|f| f.data_type().is_nested()) {
@@ -156,7 +157,9 @@ mod tests {
         let batch = RecordBatch::try_from_iter(vec![
             (
                 "id",
-                Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("c{i}")))) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("c{i}")),
+                )) as ArrayRef,
             ),
             (
                 "plan",
@@ -166,8 +169,9 @@ mod tests {
             ),
             (
                 "amount",
-                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 * 0.37)))
-                    as ArrayRef,
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| i as f64 * 0.37),
+                )) as ArrayRef,
             ),
         ])
         .unwrap();
@@ -198,7 +202,10 @@ mod tests {
         w.close().unwrap();
         let reader = SerializedFileReader::new(ours.clone()).unwrap();
         assert_eq!(reader.metadata().num_row_groups(), 3);
-        assert!(ours.as_ref() == want.as_slice(), "bytes differ from ArrowWriter's");
+        assert!(
+            ours.as_ref() == want.as_slice(),
+            "bytes differ from ArrowWriter's"
+        );
     }
 
     /// Mostly distinct columns are written without a dictionary, repetitive ones with one, and

@@ -441,11 +441,7 @@ const FILL_STRIDE: usize = 260;
 /// # Safety
 /// `flat` has at least `W * FILL_STRIDE` entries.
 #[inline(always)]
-unsafe fn add_row<const M: usize, const W: usize>(
-    flat: &mut [Entry<M>],
-    bins: &[u8; W],
-    gh: &Gh,
-) {
+unsafe fn add_row<const M: usize, const W: usize>(flat: &mut [Entry<M>], bins: &[u8; W], gh: &Gh) {
     debug_assert!(flat.len() >= W * FILL_STRIDE && (2..=3).contains(&M));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE2 is part of x86_64; `f * FILL_STRIDE + bin < W * FILL_STRIDE`, within `flat`
@@ -1064,7 +1060,11 @@ mod tests {
         for nf in [2usize, 20, 40] {
             let n = 5_000;
             let cols: Vec<Vec<f64>> = (0..nf)
-                .map(|f| (0..n).map(|_| (rng.uniform() * (3 + 40 * f) as f64).floor()).collect())
+                .map(|f| {
+                    (0..n)
+                        .map(|_| (rng.uniform() * (3 + 40 * f) as f64).floor())
+                        .collect()
+                })
                 .collect();
             let x: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
             let b = bin_features(&x, 255);
@@ -1087,7 +1087,10 @@ mod tests {
                         e[2] += 1.0;
                     }
                     for bin in 0..256 {
-                        assert_eq!(h3[f][bin], want[bin], "{nf} features, feature {f}, bin {bin}");
+                        assert_eq!(
+                            h3[f][bin], want[bin],
+                            "{nf} features, feature {f}, bin {bin}"
+                        );
                         assert_eq!(h2[f][bin], [want[bin][0], want[bin][1]]);
                     }
                 }
@@ -1099,7 +1102,9 @@ mod tests {
     fn exp_approx_is_within_two_ulp_of_libm() {
         let mut rng = crate::generate::Rng::new(5);
         let mut worst = 0.0f64;
-        let mut points: Vec<f64> = (0..200_000).map(|_| rng.uniform() * 1416.0 - 708.0).collect();
+        let mut points: Vec<f64> = (0..200_000)
+            .map(|_| rng.uniform() * 1416.0 - 708.0)
+            .collect();
         points.extend((0..200_000).map(|_| rng.uniform() * 40.0 - 20.0));
         points.extend([-708.0, -1.0, -0.5, 0.0, 1e-300, 0.5, 0.3465, 1.0, 708.0]);
         for x in points {
@@ -1114,17 +1119,29 @@ mod tests {
     fn logistic_gradients_are_the_same_bits_with_and_without_avx512() {
         let mut rng = crate::generate::Rng::new(9);
         let n = 10_007;
-        let score: Vec<f64> = (0..n).map(|_| rng.normal() * 8.0).chain([800.0, -800.0]).collect();
-        let y: Vec<f64> = (0..n + 2).map(|_| f64::from(u8::from(rng.uniform() < 0.3))).collect();
+        let score: Vec<f64> = (0..n)
+            .map(|_| rng.normal() * 8.0)
+            .chain([800.0, -800.0])
+            .collect();
+        let y: Vec<f64> = (0..n + 2)
+            .map(|_| f64::from(u8::from(rng.uniform() < 0.3)))
+            .collect();
         let mut plain = vec![[0.0; 2]; n + 2];
         logistic_gradients_plain(&mut plain, &score, &y);
         for ((e, s), yi) in plain.iter().zip(&score).zip(&y) {
             let q = sigmoid(*s);
-            assert!((e[0] - (q - yi)).abs() < 1e-15 && e[1] >= 1e-16, "score {s}: {e:?}");
+            assert!(
+                (e[0] - (q - yi)).abs() < 1e-15 && e[1] >= 1e-16,
+                "score {s}: {e:?}"
+            );
         }
         let mut both = vec![[0.0; 2]; n + 2];
         logistic_gradients(&mut both, &score, &y);
-        let bits = |v: &[Gh]| v.iter().flat_map(|e| e.map(f64::to_bits)).collect::<Vec<_>>();
+        let bits = |v: &[Gh]| {
+            v.iter()
+                .flat_map(|e| e.map(f64::to_bits))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(bits(&plain), bits(&both));
     }
 
