@@ -24,20 +24,7 @@ pub fn to_parquet(batches: &[RecordBatch]) -> Result<Bytes> {
         .first()
         .ok_or_else(|| Error::Infra("internal: no batch to write".into()))?;
     let schema = first.schema();
-    let mut props = WriterProperties::builder();
-    for (field, column) in schema.fields().iter().zip(first.columns()) {
-        if mostly_distinct(column.as_ref()) {
-            props =
-                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
-        }
-    }
-    let props = props
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid zstd level"),
-        ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by(format!("mlpipe {}", env!("CARGO_PKG_VERSION")))
-        .build();
+    let props = properties(first);
     let fail =
         |e: parquet::errors::ParquetError| Error::Infra(format!("cannot encode Parquet: {e}"));
     let mut buf = Vec::new();
@@ -77,6 +64,25 @@ pub fn to_parquet(batches: &[RecordBatch]) -> Result<Bytes> {
     }
     file.close().map_err(fail)?;
     Ok(Bytes::from(buf))
+}
+
+/// The writer's settings for batches like `first`: zstd level 1, [`ROW_GROUP_ROWS`]-row groups,
+/// a fixed `created_by`, and no dictionary for the columns [`mostly_distinct`] picks.
+fn properties(first: &RecordBatch) -> WriterProperties {
+    let mut props = WriterProperties::builder();
+    for (field, column) in first.schema().fields().iter().zip(first.columns()) {
+        if mostly_distinct(column.as_ref()) {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    props
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("mlpipe {}", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// The batches cut into row groups of [`ROW_GROUP_ROWS`]: each group's slices, in order, where
@@ -182,18 +188,7 @@ mod tests {
             .collect();
         let ours = to_parquet(&batches).unwrap();
         // The reference: the same properties through ArrowWriter, batch by batch.
-        let mut props = WriterProperties::builder();
-        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-            if mostly_distinct(column.as_ref()) {
-                props = props
-                    .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
-            }
-        }
-        let props = props
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("mlpipe {}", env!("CARGO_PKG_VERSION")))
-            .build();
+        let props = properties(&batches[0]);
         let mut want = Vec::new();
         let mut w = ArrowWriter::try_new(&mut want, batch.schema(), Some(props)).unwrap();
         for b in &batches {
