@@ -47,6 +47,43 @@ impl Matrix {
     }
 }
 
+/// Per feature, what encoding filled in over many rows: values that were missing (imputed) and
+/// categories never seen in training. Features with none are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fills {
+    pub imputed: BTreeMap<String, u64>,
+    pub unseen: BTreeMap<String, u64>,
+}
+
+impl Fills {
+    pub fn add(&mut self, feature: &str, f: Filled) {
+        for (map, n) in [(&mut self.imputed, f.imputed), (&mut self.unseen, f.unseen)] {
+            if n > 0 {
+                *map.entry(feature.to_string()).or_default() += n;
+            }
+        }
+    }
+}
+
+/// The features of the rows `rows` of `batch` (every row when `None`; in increasing order),
+/// encoded one at a time as a model reads them.
+pub struct Encoded<'a> {
+    pub transform: &'a Transform,
+    pub batch: &'a RecordBatch,
+    pub rows: Option<&'a [u32]>,
+}
+
+impl crate::model::Columns for Encoded<'_> {
+    fn count(&self) -> usize {
+        self.transform.features.len()
+    }
+
+    fn column<'a>(&'a self, f: usize, buf: &'a mut Vec<f64>) -> Result<&'a [f64], String> {
+        self.transform.encode(f, self.batch, self.rows, buf)?;
+        Ok(buf)
+    }
+}
+
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
     batch
         .column_by_name(name)
@@ -54,17 +91,75 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
         .ok_or_else(|| format!("feature column `{name}` is missing from the data"))
 }
 
-fn as_f64(a: &dyn Array) -> Result<Vec<Option<f64>>, String> {
-    let f = arrow::compute::cast(&arrow::array::make_array(a.to_data()), &DataType::Float64)
-        .map_err(|e| format!("cannot read a number: {e}"))?;
-    Ok(f.as_primitive::<Float64Type>()
-        .iter()
-        .map(|v| v.filter(|x| x.is_finite()))
-        .collect())
+/// Rows converted to numbers at a time when a numeric column is not `Float64`: a chunk's
+/// conversion is a small buffer the allocator reuses, where converting the whole column was a
+/// fresh 80 MB at 10 M rows, for every feature of every model.
+const CAST_CHUNK: usize = 1 << 16;
+
+/// Calls `emit` with the value of each row of `rows` (every row when `None`; row numbers in
+/// increasing order) of the numeric column `a`: `Some` when it is there and finite.
+fn each_number(
+    a: &dyn Array,
+    rows: Option<&[u32]>,
+    mut emit: impl FnMut(Option<f64>),
+) -> Result<(), String> {
+    let len = a.len();
+    let mut next = 0usize;
+    for start in (0..len).step_by(CAST_CHUNK) {
+        let end = (start + CAST_CHUNK).min(len);
+        let wanted = match rows {
+            None => None,
+            Some(r) => {
+                let stop = next + r[next..].partition_point(|&x| (x as usize) < end);
+                let w = &r[next..stop];
+                next = stop;
+                if w.is_empty() {
+                    continue;
+                }
+                Some(w)
+            }
+        };
+        let cast;
+        let f = if a.data_type() == &DataType::Float64 {
+            a.as_primitive::<Float64Type>()
+        } else {
+            cast = arrow::compute::cast(
+                &arrow::array::make_array(a.to_data()).slice(start, end - start),
+                &DataType::Float64,
+            )
+            .map_err(|e| format!("cannot read a number: {e}"))?;
+            cast.as_primitive::<Float64Type>()
+        };
+        // `f` is the whole column (Float64) or this chunk of it.
+        let at = if f.len() == len { 0 } else { start };
+        let value =
+            |i: usize| Some(f.value(i - at)).filter(|x| f.is_valid(i - at) && x.is_finite());
+        match wanted {
+            None => (start..end).for_each(|i| emit(value(i))),
+            Some(w) => w.iter().for_each(|&r| emit(value(r as usize))),
+        }
+    }
+    if let Some(r) = rows {
+        if next < r.len() {
+            return Err(format!(
+                "row {} is past the end of the data ({len} rows)",
+                r[next]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What encoding filled in: values that were missing (imputed) and categories never seen in
+/// training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filled {
+    pub imputed: u64,
+    pub unseen: u64,
 }
 
 impl Transform {
-    /// Fits the transform on the rows `rows` of `batch`.
+    /// Fits the transform on the rows `rows` (in increasing order) of `batch`.
     pub fn fit(
         batch: &RecordBatch,
         features: &[String],
@@ -98,8 +193,8 @@ impl Transform {
                     }
                 }
                 t if t.is_numeric() => {
-                    let v = as_f64(a)?;
-                    let mut vals: Vec<f64> = rows.iter().filter_map(|&r| v[r as usize]).collect();
+                    let mut vals: Vec<f64> = Vec::with_capacity(rows.len());
+                    each_number(a, Some(rows), |v| vals.extend(v))?;
                     let impute = crate::stats::quantile(&mut vals, 0.5).unwrap_or(0.0);
                     Encoding::Numeric { impute }
                 }
@@ -120,66 +215,45 @@ impl Transform {
     /// Encodes every row of `batch`.
     pub fn apply(&self, batch: &RecordBatch) -> Result<Matrix, String> {
         let mut columns = Vec::with_capacity(self.features.len());
-        let mut imputed = BTreeMap::new();
-        let mut unseen = BTreeMap::new();
-        for f in &self.features {
-            let (col, n_imputed, n_unseen) = Self::encode(f, batch)?;
-            if n_imputed > 0 {
-                imputed.insert(f.name.clone(), n_imputed);
-            }
-            if n_unseen > 0 {
-                unseen.insert(f.name.clone(), n_unseen);
-            }
+        let mut fills = Fills::default();
+        for (k, f) in self.features.iter().enumerate() {
+            let mut col = Vec::new();
+            fills.add(&f.name, self.encode(k, batch, None, &mut col)?);
             columns.push(col);
         }
         Ok(Matrix {
             columns,
-            imputed,
-            unseen,
+            imputed: fills.imputed,
+            unseen: fills.unseen,
         })
     }
 
-    /// Encodes the rows `a` and the rows `b` of `batch` (training and holdout), one feature at a
-    /// time, so that no full-size matrix is ever in memory.
-    pub fn apply_split(
+    /// Feature `k` of the rows `rows` of `batch` (every row when `None`; row numbers in
+    /// increasing order), written to `out` in place of what it held. Returns what had to be
+    /// filled in. Reading the rows straight from the Arrow column, with `out` reused, keeps
+    /// full-size temporaries out of training and scoring.
+    pub fn encode(
         &self,
+        k: usize,
         batch: &RecordBatch,
-        a: &[u32],
-        b: &[u32],
-    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), String> {
-        let (mut xa, mut xb) = (Vec::new(), Vec::new());
-        for f in &self.features {
-            let col = Self::encode(f, batch)?.0;
-            xa.push(a.iter().map(|&r| col[r as usize]).collect());
-            xb.push(b.iter().map(|&r| col[r as usize]).collect());
-        }
-        Ok((xa, xb))
-    }
-
-    /// One feature of every row of `batch`, with the number of imputed values and of categories
-    /// never seen in training.
-    fn encode(f: &Feature, batch: &RecordBatch) -> Result<(Vec<f64>, u64, u64), String> {
+        rows: Option<&[u32]>,
+        out: &mut Vec<f64>,
+    ) -> Result<Filled, String> {
+        let f = &self.features[k];
         let a = column(batch, &f.name)?;
-        Ok(match &f.encoding {
+        let count = rows.map_or(a.len(), |r| r.len());
+        let row = |i: usize| rows.map_or(i, |r| r[i] as usize);
+        out.clear();
+        out.reserve(count);
+        let mut filled = Filled::default();
+        match &f.encoding {
             Encoding::Numeric { impute } => {
-                let f = arrow::compute::cast(
-                    &arrow::array::make_array(a.to_data()),
-                    &DataType::Float64,
-                )
-                .map_err(|e| format!("cannot read a number: {e}"))?;
-                let mut n = 0u64;
-                let col = f
-                    .as_primitive::<Float64Type>()
-                    .iter()
-                    .map(|x| match x.filter(|x| x.is_finite()) {
-                        Some(x) => x,
-                        None => {
-                            n += 1;
-                            *impute
-                        }
-                    })
-                    .collect::<Vec<f64>>();
-                (col, n, 0)
+                each_number(a, rows, |v| {
+                    out.push(v.unwrap_or_else(|| {
+                        filled.imputed += 1;
+                        *impute
+                    }))
+                })?;
             }
             Encoding::Bool { impute } => {
                 if a.data_type() != &DataType::Boolean {
@@ -190,20 +264,15 @@ impl Transform {
                     ));
                 }
                 let b = a.as_boolean();
-                let n = b.null_count() as u64;
-                (
-                    (0..b.len())
-                        .map(|i| {
-                            if b.is_valid(i) {
-                                f64::from(u8::from(b.value(i)))
-                            } else {
-                                *impute
-                            }
-                        })
-                        .collect(),
-                    n,
-                    0,
-                )
+                out.extend((0..count).map(|i| {
+                    let r = row(i);
+                    if b.is_valid(r) {
+                        f64::from(u8::from(b.value(r)))
+                    } else {
+                        filled.imputed += 1;
+                        *impute
+                    }
+                }));
             }
             Encoding::Categorical { categories } => {
                 if a.data_type() != &DataType::Utf8 {
@@ -216,27 +285,25 @@ impl Transform {
                 let s = a.as_string::<i32>();
                 let codes = Codes::new(categories);
                 let other = categories.len() as f64;
-                let (mut n_null, mut n_unseen) = (0u64, 0u64);
                 let (data, offsets) = (s.value_data(), s.value_offsets());
-                let col = (0..s.len())
-                    .map(|i| {
-                        if s.is_null(i) {
-                            n_null += 1;
-                            return other;
+                out.extend((0..count).map(|i| {
+                    let r = row(i);
+                    if s.is_null(r) {
+                        filled.imputed += 1;
+                        return other;
+                    }
+                    let (start, end) = (offsets[r] as usize, offsets[r + 1] as usize);
+                    match codes.find(data, start, end) {
+                        Some(k) => k as f64,
+                        None => {
+                            filled.unseen += 1;
+                            other
                         }
-                        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-                        match codes.find(data, start, end) {
-                            Some(k) => k as f64,
-                            None => {
-                                n_unseen += 1;
-                                other
-                            }
-                        }
-                    })
-                    .collect();
-                (col, n_null, n_unseen)
+                    }
+                }));
             }
-        })
+        }
+        Ok(filled)
     }
 }
 
@@ -397,5 +464,55 @@ mod tests {
         }
         assert_eq!(m.unseen["c"], 3);
         assert_eq!(m.imputed["c"], 1);
+    }
+
+    /// Reading some rows of a column gives those rows of the whole column, whatever the
+    /// column's type, across the chunks in which non-`Float64` numbers are converted.
+    #[test]
+    fn encoding_some_rows_is_those_rows_of_every_row() {
+        use arrow::array::{Float32Array, Int64Array};
+        let n = 3 * CAST_CHUNK + 123;
+        let ints: Vec<Option<i64>> = (0..n as i64).map(|i| (i % 7 != 0).then_some(i)).collect();
+        let floats: Vec<Option<f32>> = (0..n)
+            .map(|i| match i % 11 {
+                0 => None,
+                1 => Some(f32::NAN),
+                2 => Some(f32::INFINITY),
+                _ => Some(i as f32 / 2.0),
+            })
+            .collect();
+        let b = RecordBatch::try_from_iter(vec![
+            ("i", Arc::new(Int64Array::from(ints)) as ArrayRef),
+            ("f", Arc::new(Float32Array::from(floats)) as ArrayRef),
+        ])
+        .unwrap();
+        let names = vec!["i".to_string(), "f".to_string()];
+        let every: Vec<u32> = (0..n as u32).collect();
+        let t = Transform::fit(&b, &names, &every).unwrap();
+        // The median of the values present: 0..n without multiples of 7, and i/2 for the rows
+        // that are not 0, 1, 2 mod 11.
+        let mut want: Vec<f64> = (0..n).filter(|i| i % 7 != 0).map(|i| i as f64).collect();
+        let median = crate::stats::quantile(&mut want, 0.5).unwrap();
+        assert_eq!(t.features[0].encoding, Encoding::Numeric { impute: median });
+        let m = t.apply(&b).unwrap();
+        assert_eq!(m.imputed["i"], n.div_ceil(7) as u64);
+        assert_eq!(m.imputed["f"], (0..n).filter(|i| i % 11 < 3).count() as u64);
+        // Rows clustered in one chunk, none in the next, and the last row.
+        let mut rows: Vec<u32> = (0..n as u32)
+            .filter(|r| (*r as usize) < CAST_CHUNK || (*r as usize) >= 2 * CAST_CHUNK && r % 5 == 0)
+            .collect();
+        rows.push(n as u32 - 1);
+        for k in 0..2 {
+            let mut out = vec![99.0; 3];
+            let filled = t.encode(k, &b, Some(&rows), &mut out).unwrap();
+            let want: Vec<f64> = rows.iter().map(|&r| m.columns[k][r as usize]).collect();
+            assert_eq!(out, want);
+            let missing = |r: u32| if k == 0 { r % 7 == 0 } else { r % 11 < 3 };
+            let imputed = rows.iter().filter(|&&r| missing(r)).count() as u64;
+            assert_eq!(filled, Filled { imputed, unseen: 0 });
+        }
+        let past = [n as u32];
+        let err = t.encode(0, &b, Some(&past), &mut Vec::new()).unwrap_err();
+        assert!(err.contains("past the end"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use crate::config::{Model, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Confusion};
-use crate::model::transform::Transform;
+use crate::model::transform::{Encoded, Transform};
 use crate::model::Artifact;
 
 /// The clean rows a holdout table refers to (its `_row` column), in holdout order.
@@ -201,7 +201,6 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         model.positive_label.as_deref(),
     )?;
     let transform = Transform::fit(table, &model.features, &train_rows)?;
-    let (xt, xh) = transform.apply_split(table, &train_rows, &hold_rows)?;
     let yt: Vec<f64> = train_rows.iter().map(|&r| y[r as usize]).collect();
     if model.task == Task::Binary && (yt.iter().all(|v| *v == 0.0) || yt.iter().all(|v| *v == 1.0))
     {
@@ -211,11 +210,26 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
             yt.len()
         ));
     }
+    let xt = Encoded {
+        transform: &transform,
+        batch: table,
+        rows: Some(&train_rows),
+    };
     let fitted = tracing::info_span!("fit", model = %model.name, algorithm = model.algorithm.name(), rows = yt.len())
-        .in_scope(|| model.algorithm.fit_owned(xt, &yt, model.task, &transform))?;
-    let hviews: Vec<&[f64]> = xh.iter().map(|c| c.as_slice()).collect();
-    let ph = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
-        .in_scope(|| fitted.predict(&hviews))?;
+        .in_scope(|| model.algorithm.fit_columns(&xt, &yt, model.task, &transform))?;
+    let artifact = Artifact {
+        format_version: 1,
+        name: model.name.clone(),
+        task: model.task,
+        target: model.target.clone(),
+        positive_label: model.positive_label.clone(),
+        algorithm: model.algorithm.clone(),
+        threshold: model.threshold,
+        transform,
+        fitted,
+    };
+    let (ph, _) = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
+        .in_scope(|| artifact.predict_rows(table, Some(&hold_rows)))?;
     let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
     let metrics = evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;
@@ -238,17 +252,6 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         ("prediction", Arc::new(Float64Array::from(ph)) as ArrayRef),
     ])
     .map_err(|e| e.to_string())?;
-    let artifact = Artifact {
-        format_version: 1,
-        name: model.name.clone(),
-        task: model.task,
-        target: model.target.clone(),
-        positive_label: model.positive_label.clone(),
-        algorithm: model.algorithm.clone(),
-        threshold: model.threshold,
-        transform,
-        fitted,
-    };
     let selection_threshold = match model.task {
         Task::Binary => model.threshold,
         Task::Regression => crate::stats::quantile(&mut yt.clone(), 0.5).unwrap_or(0.0),

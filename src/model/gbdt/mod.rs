@@ -30,6 +30,8 @@ mod predict;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::Columns;
+
 /// Loss being minimised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -329,10 +331,8 @@ struct Binned {
     bounds: Vec<Vec<f64>>,
 }
 
-fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
-    let bounds: Vec<Vec<f64>> = x.par_iter().map(|c| bin_bounds(c, max_bins)).collect();
-    let n = x.first().map_or(0, |c| c.len());
-    let nf = x.len();
+fn bin_features(x: &dyn Columns, n: usize, max_bins: usize) -> Result<Binned, String> {
+    let nf = x.count();
     let stride = match nf {
         0..=16 => 16,
         17..=32 => 32,
@@ -340,14 +340,27 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
     };
     // 3 bytes of padding: the vectorised partition reads 4 bytes at a row's bin.
     let mut columns = big_vec(n * nf + 3, 0u8);
-    columns[..n * nf]
-        .par_chunks_mut(n.max(1))
-        .zip(x.par_iter().zip(&bounds))
-        .for_each(|(col, (x, b))| {
-            for (c, v) in col.iter_mut().zip(x.iter()) {
-                *c = b.partition_point(|ub| *ub < *v).min(b.len() - 1) as u8;
-            }
-        });
+    // One feature at a time per thread, each into a buffer the thread reuses: the features are
+    // never all in memory as numbers.
+    let bounds: Vec<Vec<f64>> = if n == 0 {
+        vec![vec![f64::INFINITY]; nf]
+    } else {
+        columns[..n * nf]
+            .par_chunks_mut(n)
+            .enumerate()
+            .map_init(Vec::new, |buf, (f, col)| {
+                let x = x.column(f, buf)?;
+                if x.len() != n {
+                    return Err(format!("feature {f} has {} rows, not {n}", x.len()));
+                }
+                let b = bin_bounds(x, max_bins);
+                for (c, v) in col.iter_mut().zip(x) {
+                    *c = b.partition_point(|ub| *ub < *v).min(b.len() - 1) as u8;
+                }
+                Ok(b)
+            })
+            .collect::<Result<_, String>>()?
+    };
     let mut row_major = big_vec(n * stride, 0u8);
     row_major
         .par_chunks_mut(stride * 4096)
@@ -363,14 +376,14 @@ fn bin_features(x: &[&[f64]], max_bins: usize) -> Binned {
                 row[nf..].fill((base + j) as u8);
             }
         });
-    Binned {
+    Ok(Binned {
         row_major,
         stride,
         columns,
         n,
         n_features: nf,
         bounds,
-    }
+    })
 }
 
 /// `n` copies of `value` in memory the kernel is asked to back with 2 MiB pages (Linux), before
@@ -658,18 +671,19 @@ fn best_split<const N: usize>(
 /// Trains a booster on column-major features `x[feature][row]` and targets `y` (0/1 for
 /// logistic).
 pub fn train(x: &[&[f64]], y: &[f64], objective: Objective, p: &Params) -> Booster {
-    train_binned(bin_features(x, p.max_bins), y, objective, p)
+    train_columns(&x, y, objective, p).expect("slices of one length")
 }
 
-/// [`train`] on features it owns: they are freed once bucketed, before the trees grow (three
-/// models training at once would otherwise each hold their rows as numbers and as bins).
-pub fn train_owned(x: Vec<Vec<f64>>, y: &[f64], objective: Objective, p: &Params) -> Booster {
-    let binned = {
-        let views: Vec<&[f64]> = x.iter().map(|c| c.as_slice()).collect();
-        bin_features(&views, p.max_bins)
-    };
-    drop(x);
-    train_binned(binned, y, objective, p)
+/// [`train`] on features read one at a time from `x` (see [`Columns`]); `Err` when `x` cannot
+/// give a feature or its length is not `y`'s.
+pub fn train_columns(
+    x: &dyn Columns,
+    y: &[f64],
+    objective: Objective,
+    p: &Params,
+) -> Result<Booster, String> {
+    let binned = bin_features(x, y.len(), p.max_bins)?;
+    Ok(train_binned(binned, y, objective, p))
 }
 
 fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
@@ -1021,8 +1035,8 @@ mod tests {
     #[test]
     fn partition_is_stable_and_agrees_with_a_plain_filter() {
         let (a, b, _) = data(10_000);
-        let x: Vec<&[f64]> = vec![&a, &b];
-        let binned = bin_features(&x, 255);
+        let x: &[&[f64]] = &[&a, &b];
+        let binned = bin_features(&x, a.len(), 255).unwrap();
         let mut rng = crate::generate::Rng::new(7);
         for len in [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099] {
             // Increasing rows with gaps, as a leaf holds them.
@@ -1068,7 +1082,7 @@ mod tests {
                 })
                 .collect();
             let x: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
-            let b = bin_features(&x, 255);
+            let b = bin_features(&x.as_slice(), n, 255).unwrap();
             let gh: Vec<Gh> = (0..n).map(|_| [rng.normal(), rng.uniform()]).collect();
             let list: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < 0.4).collect();
             for rows in [Rows::All(n), Rows::List(&list)] {
