@@ -6,7 +6,7 @@
 //! threshold) or its PSI exceeds `psi_threshold`; the dataset drifts when any does.
 //! Writes `drift.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Float64Type};
@@ -27,7 +27,7 @@ fn numbers(b: &RecordBatch, col: &str) -> Option<Vec<f64>> {
         .flatten()
         .filter(|x| !x.is_nan())
         .collect();
-    v.par_sort_unstable_by(f64::total_cmp);
+    crate::stats::sort_f64(&mut v);
     Some(v)
 }
 
@@ -36,12 +36,16 @@ fn counts(
     c: &RecordBatch,
     col: &str,
 ) -> Option<(Vec<String>, Vec<u64>, Vec<u64>)> {
-    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (b, side) in [(r, 0), (c, 1)] {
-        let a = b.column_by_name(col)?;
-        let s = arrow::compute::cast(a, &DataType::Utf8).ok()?;
-        for v in s.as_string::<i32>().iter() {
-            let e = m.entry(v.unwrap_or("(null)").to_string()).or_default();
+    let text = [r, c].map(|b| {
+        b.column_by_name(col)
+            .and_then(|a| arrow::compute::cast(a, &DataType::Utf8).ok())
+    });
+    // Counted by the values as they are in the columns, then ordered: a string made for every
+    // row was most of this.
+    let mut m: HashMap<&str, (u64, u64), foldhash::fast::FixedState> = HashMap::default();
+    for (side, s) in text.iter().enumerate() {
+        for v in s.as_ref()?.as_string::<i32>().iter() {
+            let e = m.entry(v.unwrap_or("(null)")).or_default();
             if side == 0 {
                 e.0 += 1
             } else {
@@ -49,6 +53,7 @@ fn counts(
             }
         }
     }
+    let m: BTreeMap<String, (u64, u64)> = m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let cats: Vec<String> = m.keys().cloned().collect();
     Some((
         cats,

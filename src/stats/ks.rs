@@ -49,8 +49,8 @@ pub fn statistic_sorted(a: &[f64], b: &[f64]) -> f64 {
 pub fn ks_2samp(a: &[f64], b: &[f64]) -> Option<KsResult> {
     let mut a = a.to_vec();
     let mut b = b.to_vec();
-    a.sort_unstable_by(f64::total_cmp);
-    b.sort_unstable_by(f64::total_cmp);
+    super::sort_f64(&mut a);
+    super::sort_f64(&mut b);
     ks_2samp_sorted(&a, &b)
 }
 

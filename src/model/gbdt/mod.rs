@@ -247,7 +247,7 @@ fn bin_bounds(col: &[f64], max_bins: usize) -> Vec<f64> {
         .copied()
         .filter(|v| !v.is_nan())
         .collect();
-    s.sort_unstable_by(f64::total_cmp);
+    crate::stats::sort_f64(&mut s);
     let mut distinct: Vec<(f64, usize)> = Vec::new();
     for v in s {
         match distinct.last_mut() {
