@@ -399,7 +399,7 @@ mod tests {
         for chunk in [1, 999, 1_000, 5_000, 1 << 18] {
             let (p, fills) = artifact.predict_chunked(&batch, None, chunk).unwrap();
             assert_eq!(p, all, "chunk {chunk}");
-            assert_eq!((&fills.imputed, &fills.unseen), (&m.imputed, &m.unseen));
+            assert_eq!(fills, m.fills);
             let some: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
             let (p, fills) = artifact
                 .predict_chunked(&batch, Some(&some), chunk)

@@ -36,9 +36,7 @@ pub struct Transform {
 #[derive(Debug, Clone)]
 pub struct Matrix {
     pub columns: Vec<Vec<f64>>,
-    /// Per feature: values that were missing (imputed) and categories never seen in training.
-    pub imputed: BTreeMap<String, u64>,
-    pub unseen: BTreeMap<String, u64>,
+    pub fills: Fills,
 }
 
 impl Matrix {
@@ -221,11 +219,7 @@ impl Transform {
             fills.add(&f.name, self.encode(k, batch, None, &mut col)?);
             columns.push(col);
         }
-        Ok(Matrix {
-            columns,
-            imputed: fills.imputed,
-            unseen: fills.unseen,
-        })
+        Ok(Matrix { columns, fills })
     }
 
     /// Feature `k` of the rows `rows` of `batch` (every row when `None`; row numbers in
@@ -404,8 +398,8 @@ mod tests {
         assert_eq!(m.columns[0], vec![1.0, 0.0, 2.0, 2.0]);
         assert_eq!(m.columns[1], vec![1.0, 2.0, 3.0, 100.0]);
         assert_eq!(m.columns[2], vec![1.0, 1.0, 0.0, 1.0]);
-        assert_eq!(m.unseen["c"], 1);
-        assert_eq!(m.imputed["x"], 1);
+        assert_eq!(m.fills.unseen["c"], 1);
+        assert_eq!(m.fills.imputed["x"], 1);
         let back: Transform = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
     }
@@ -462,8 +456,8 @@ mod tests {
                 .map_or(other, |k| k as f64);
             assert_eq!(*got, want, "{v:?}");
         }
-        assert_eq!(m.unseen["c"], 3);
-        assert_eq!(m.imputed["c"], 1);
+        assert_eq!(m.fills.unseen["c"], 3);
+        assert_eq!(m.fills.imputed["c"], 1);
     }
 
     /// Reading some rows of a column gives those rows of the whole column, whatever the
@@ -495,8 +489,11 @@ mod tests {
         let median = crate::stats::quantile(&mut want, 0.5).unwrap();
         assert_eq!(t.features[0].encoding, Encoding::Numeric { impute: median });
         let m = t.apply(&b).unwrap();
-        assert_eq!(m.imputed["i"], n.div_ceil(7) as u64);
-        assert_eq!(m.imputed["f"], (0..n).filter(|i| i % 11 < 3).count() as u64);
+        assert_eq!(m.fills.imputed["i"], n.div_ceil(7) as u64);
+        assert_eq!(
+            m.fills.imputed["f"],
+            (0..n).filter(|i| i % 11 < 3).count() as u64
+        );
         // Rows clustered in one chunk, none in the next, and the last row.
         let mut rows: Vec<u32> = (0..n as u32)
             .filter(|r| (*r as usize) < CAST_CHUNK || (*r as usize) >= 2 * CAST_CHUNK && r % 5 == 0)
