@@ -227,8 +227,8 @@ impl Artifact {
         self.predict_rows(batch, None)
     }
 
-    /// [`Artifact::predict`] for the rows `rows` of `batch` (in increasing order; every row
-    /// when `None`), in their order.
+    /// [`Artifact::predict`] for the rows `rows` of `batch` (every row when `None`), in their
+    /// order.
     pub fn predict_rows(
         &self,
         batch: &RecordBatch,

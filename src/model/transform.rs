@@ -63,8 +63,8 @@ impl Fills {
     }
 }
 
-/// The features of the rows `rows` of `batch` (every row when `None`; in increasing order),
-/// encoded one at a time as a model reads them.
+/// The features of the rows `rows` of `batch` (every row when `None`), encoded one at a time as
+/// a model reads them.
 pub struct Encoded<'a> {
     pub transform: &'a Transform,
     pub batch: &'a RecordBatch,
@@ -94,17 +94,33 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
 /// fresh 80 MB at 10 M rows, for every feature of every model.
 const CAST_CHUNK: usize = 1 << 16;
 
-/// Calls `emit` with the value of each row of `rows` (every row when `None`; row numbers in
-/// increasing order) of the numeric column `a`: `Some` when it is there and finite.
+/// Calls `emit` with the value of each row of `rows` (every row when `None`; row numbers below
+/// the column's length) of the numeric column `a`: `Some` when it is there and finite.
 fn each_number(
     a: &dyn Array,
     rows: Option<&[u32]>,
     mut emit: impl FnMut(Option<f64>),
 ) -> Result<(), String> {
-    let len = a.len();
+    let number = |f: &arrow::array::Float64Array, i: usize| {
+        Some(f.value(i)).filter(|x| f.is_valid(i) && x.is_finite())
+    };
+    let cast = |a: &dyn Array| {
+        arrow::compute::cast(a, &DataType::Float64)
+            .map_err(|e| format!("cannot read a number: {e}"))
+    };
+    if a.data_type() == &DataType::Float64 || rows.is_some_and(|r| !r.is_sorted()) {
+        // The whole column at once: it is already numbers, or the rows jump about.
+        let whole = cast(a)?;
+        let f = whole.as_primitive::<Float64Type>();
+        match rows {
+            None => (0..f.len()).for_each(|i| emit(number(f, i))),
+            Some(r) => r.iter().for_each(|&r| emit(number(f, r as usize))),
+        }
+        return Ok(());
+    }
     let mut next = 0usize;
-    for start in (0..len).step_by(CAST_CHUNK) {
-        let end = (start + CAST_CHUNK).min(len);
+    for start in (0..a.len()).step_by(CAST_CHUNK) {
+        let end = (start + CAST_CHUNK).min(a.len());
         let wanted = match rows {
             None => None,
             Some(r) => {
@@ -117,32 +133,11 @@ fn each_number(
                 Some(w)
             }
         };
-        let cast;
-        let f = if a.data_type() == &DataType::Float64 {
-            a.as_primitive::<Float64Type>()
-        } else {
-            cast = arrow::compute::cast(
-                &arrow::array::make_array(a.to_data()).slice(start, end - start),
-                &DataType::Float64,
-            )
-            .map_err(|e| format!("cannot read a number: {e}"))?;
-            cast.as_primitive::<Float64Type>()
-        };
-        // `f` is the whole column (Float64) or this chunk of it.
-        let at = if f.len() == len { 0 } else { start };
-        let value =
-            |i: usize| Some(f.value(i - at)).filter(|x| f.is_valid(i - at) && x.is_finite());
+        let chunk = cast(a.slice(start, end - start).as_ref())?;
+        let f = chunk.as_primitive::<Float64Type>();
         match wanted {
-            None => (start..end).for_each(|i| emit(value(i))),
-            Some(w) => w.iter().for_each(|&r| emit(value(r as usize))),
-        }
-    }
-    if let Some(r) = rows {
-        if next < r.len() {
-            return Err(format!(
-                "row {} is past the end of the data ({len} rows)",
-                r[next]
-            ));
+            None => (0..end - start).for_each(|i| emit(number(f, i))),
+            Some(w) => w.iter().for_each(|&r| emit(number(f, r as usize - start))),
         }
     }
     Ok(())
@@ -157,7 +152,7 @@ pub struct Filled {
 }
 
 impl Transform {
-    /// Fits the transform on the rows `rows` (in increasing order) of `batch`.
+    /// Fits the transform on the rows `rows` of `batch`.
     pub fn fit(
         batch: &RecordBatch,
         features: &[String],
@@ -222,8 +217,8 @@ impl Transform {
         Ok(Matrix { columns, fills })
     }
 
-    /// Feature `k` of the rows `rows` of `batch` (every row when `None`; row numbers in
-    /// increasing order), written to `out` in place of what it held. Returns what had to be
+    /// Feature `k` of the rows `rows` of `batch` (every row when `None`; increasing row
+    /// numbers are the fast case), written to `out` in place of what it held. Returns what had to be
     /// filled in. Reading the rows straight from the Arrow column, with `out` reused, keeps
     /// full-size temporaries out of training and scoring.
     pub fn encode(
@@ -235,6 +230,14 @@ impl Transform {
     ) -> Result<Filled, String> {
         let f = &self.features[k];
         let a = column(batch, &f.name)?;
+        if let Some(&last) = rows.and_then(|r| r.iter().max()) {
+            if last as usize >= a.len() {
+                return Err(format!(
+                    "row {last} is past the end of the data ({} rows)",
+                    a.len()
+                ));
+            }
+        }
         let count = rows.map_or(a.len(), |r| r.len());
         let row = |i: usize| rows.map_or(i, |r| r[i] as usize);
         out.clear();
@@ -507,6 +510,10 @@ mod tests {
             let missing = |r: u32| if k == 0 { r % 7 == 0 } else { r % 11 < 3 };
             let imputed = rows.iter().filter(|&&r| missing(r)).count() as u64;
             assert_eq!(filled, Filled { imputed, unseen: 0 });
+            // Rows in any order: the whole column is converted once.
+            let backwards: Vec<u32> = rows.iter().rev().copied().collect();
+            t.encode(k, &b, Some(&backwards), &mut out).unwrap();
+            assert!(out.iter().rev().eq(&want));
         }
         let past = [n as u32];
         let err = t.encode(0, &b, Some(&past), &mut Vec::new()).unwrap_err();

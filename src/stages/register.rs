@@ -270,9 +270,9 @@ fn score_on_holdout(
     threshold: f64,
     metric: &str,
 ) -> Result<f64> {
-    let subset = super::train::holdout_rows(clean, holdout)?;
+    let rows = super::train::holdout_row_numbers(holdout)?;
     let (pred, _) = a
-        .predict(&subset)
+        .predict_rows(clean, Some(&rows))
         .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?;
     let y: Vec<f64> = super::train::holdout_column(holdout, "target")?;
     let m = super::train::evaluate(task, &y, &pred, threshold)

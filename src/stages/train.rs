@@ -21,19 +21,27 @@ use crate::model::Artifact;
 
 /// The clean rows a holdout table refers to (its `_row` column), in holdout order.
 pub fn holdout_rows(clean: &RecordBatch, holdout: &RecordBatch) -> Result<RecordBatch> {
-    use arrow::array::AsArray;
-    let rows = holdout
-        .column_by_name("_row")
-        .ok_or_else(|| {
-            Error::Data(
-                "the holdout table has no `_row` column; re-run its train stage with --force"
-                    .into(),
-            )
-        })?
-        .as_primitive::<arrow::datatypes::UInt64Type>();
-    let idx = UInt64Array::from(rows.values().to_vec());
+    let idx = arrow::array::UInt32Array::from(holdout_row_numbers(holdout)?);
     arrow::compute::take_record_batch(clean, &idx)
         .map_err(|e| Error::Infra(format!("holdout rows: {e}")))
+}
+
+/// The row numbers in the clean table of a holdout table's rows (its `_row` column).
+pub fn holdout_row_numbers(holdout: &RecordBatch) -> Result<Vec<u32>> {
+    use arrow::array::AsArray;
+    let stale = |what: &str| {
+        Error::Data(format!(
+            "the holdout table {what}; re-run its train stage with --force"
+        ))
+    };
+    holdout
+        .column_by_name("_row")
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>())
+        .ok_or_else(|| stale("has no `_row` column"))?
+        .values()
+        .iter()
+        .map(|&r| u32::try_from(r).map_err(|_| stale(&format!("refers to row {r}"))))
+        .collect()
 }
 
 /// A numeric column of a holdout table (`target` or `prediction`).
