@@ -6,6 +6,8 @@ pub mod pseudonym;
 pub mod reader;
 pub mod writer;
 
+use arrow::array::{Array, ArrayData, AsArray, StringArray};
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 
 use crate::storage::ObjectInfo;
@@ -24,5 +26,38 @@ pub struct Table {
 impl Table {
     pub fn num_rows(&self) -> usize {
         self.batch.num_rows()
+    }
+}
+
+/// The bytes of each value of a text or fixed-width column, for hashing values without
+/// converting them (a null's bytes are unspecified: check validity first).
+pub enum ValueBytes<'a> {
+    Text(&'a StringArray),
+    /// The array's data (its value buffer starts at `offset * width`) and the value width.
+    Fixed(ArrayData, usize),
+}
+
+impl<'a> ValueBytes<'a> {
+    /// `None` for other types (booleans are bits; nested and variable-width binary types are
+    /// not hashed this way).
+    pub fn of(a: &'a dyn Array) -> Option<Self> {
+        match a.data_type() {
+            DataType::Utf8 => Some(ValueBytes::Text(a.as_string::<i32>())),
+            t => t
+                .primitive_width()
+                .map(|w| ValueBytes::Fixed(a.to_data(), w)),
+        }
+    }
+
+    /// Value `i`'s bytes.
+    #[inline]
+    pub fn get(&self, i: usize) -> &[u8] {
+        match self {
+            ValueBytes::Text(s) => s.value(i).as_bytes(),
+            ValueBytes::Fixed(data, w) => {
+                let start = (data.offset() + i) * w;
+                &data.buffers()[0].as_slice()[start..start + w]
+            }
+        }
     }
 }

@@ -2,8 +2,7 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
+use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_writer::compute_leaves;
@@ -123,28 +122,14 @@ fn mostly_distinct(a: &dyn Array) -> bool {
     if n < DICTIONARY_SAMPLE {
         return false;
     }
-    type Seen<'a> = HashSet<&'a [u8], foldhash::fast::FixedState>;
-    let distinct = match a.data_type() {
-        DataType::Utf8 => {
-            let s = a.as_string::<i32>();
-            (0..n)
-                .filter(|&i| s.is_valid(i))
-                .map(|i| s.value(i).as_bytes())
-                .collect::<Seen>()
-                .len()
-        }
-        t if t.is_primitive() => {
-            let width = t.primitive_width().expect("a primitive type has a width");
-            let data = a.to_data();
-            let values = &data.buffers()[0].as_slice()[data.offset() * width..];
-            (0..n)
-                .filter(|&i| a.is_valid(i))
-                .map(|i| &values[i * width..(i + 1) * width])
-                .collect::<Seen>()
-                .len()
-        }
-        _ => return false,
+    let Some(values) = super::ValueBytes::of(a) else {
+        return false;
     };
+    let distinct = (0..n)
+        .filter(|&i| a.is_valid(i))
+        .map(|i| values.get(i))
+        .collect::<HashSet<&[u8], foldhash::fast::FixedState>>()
+        .len();
     distinct * 2 > n
 }
 
