@@ -21,6 +21,14 @@ pub fn artifact_version(run: &str, sha256: &str) -> String {
     format!("{run}:{}", &sha256[..12.min(sha256.len())])
 }
 
+/// `n` copies of `value` as a string column, built straight into its two buffers (at 10 M rows a
+/// list of `n` string slices first was 160 MB more per model).
+fn repeated(value: &str, n: usize) -> StringArray {
+    let offsets = arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(value.len(), n));
+    let values = arrow::buffer::Buffer::from(value.as_bytes().repeat(n));
+    StringArray::new(offsets, values, None)
+}
+
 pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<StageDone> {
     let name = format!("{dataset}.clean");
     let source = ctx.upstream_output(&name, "validate")?;
@@ -87,10 +95,7 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
         fields.push(Field::new(m, DataType::Float64, false));
         cols.push(Arc::new(Float64Array::from(pred)));
         fields.push(Field::new(format!("{m}_version"), DataType::Utf8, false));
-        cols.push(Arc::new(StringArray::from(vec![
-            version.as_str();
-            table.num_rows()
-        ])));
+        cols.push(Arc::new(repeated(&version, table.num_rows())));
     }
     let at = ctx.shared.as_of.timestamp_micros();
     fields.push(Field::new(
@@ -108,4 +113,16 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
         summary: serde_json::json!({ "dataset": dataset, "rows": table.num_rows(), "models": summary }),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_string_column_equals_one_built_value_by_value() {
+        for (value, n) in [("run:0123456789ab", 5), ("", 3), ("x", 0)] {
+            assert_eq!(repeated(value, n), StringArray::from(vec![value; n]));
+        }
+    }
 }
