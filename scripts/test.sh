@@ -98,6 +98,23 @@ else
   echo "      (run 'cargo deny fetch' where github.com is reachable, then re-run this script)"
 fi
 
+# A fresh clone gains nothing from incremental compilation, which keeps a second copy of every
+# crate of ours per test binary on disk.
+export CARGO_INCREMENTAL=0
+# When a build or link step fails for want of disk or memory, the compiler's message rarely says
+# so (a linker just exits 1); show both, before the build and again if a step fails.
+resources() {
+  echo "disk free: $(df -h --output=avail . | tail -1 | tr -d ' ') in $(pwd)," \
+    "memory available: $(free -m | awk '/^Mem:/ {print $7}') MB"
+}
+trap 'status=$?; echo "error: a step failed (exit $status) at line $LINENO of scripts/test.sh" >&2; resources >&2; du -sh target fuzz/target 2>/dev/null >&2 || true' ERR
+resources
+avail_kb=$(df -k --output=avail . | tail -1 | tr -d ' ')
+if [ "$avail_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: under 8 GB free in $(pwd); a fresh clone's test, bench and fuzz builds" \
+    "write several GB; if a build or link step fails, free disk space and re-run" >&2
+fi
+
 echo "== unit and integration tests"
 cargo test --all-targets --no-fail-fast
 
