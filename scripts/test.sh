@@ -87,6 +87,11 @@ done
 echo "== format"
 cargo fmt --all -- --check
 
+# cargo deny reads the dependency graph offline: on a fresh machine the registry index and the
+# crates must be fetched first.
+echo "== fetching dependencies (cargo fetch --locked)"
+cargo fetch --locked
+
 echo "== dependency policy (cargo deny: bans, licenses, sources; deny.toml)"
 cargo deny --offline check bans licenses sources
 # Advisories need the RustSec database, which cargo deny fetches from GitHub; this network only
