@@ -29,6 +29,27 @@ impl Table {
     }
 }
 
+/// The rows of `batch` where `mask` is true: `arrow::compute::filter_record_batch`, with the
+/// columns filtered in parallel (one task a column, the predicate built once). At 10 M rows the
+/// clean table's twenty-odd columns were one thread's work.
+pub fn filter_rows(
+    batch: &RecordBatch,
+    mask: &arrow::array::BooleanArray,
+) -> crate::error::Result<RecordBatch> {
+    use rayon::prelude::*;
+    let fail =
+        |e: arrow::error::ArrowError| crate::error::Error::Infra(format!("filtering rows: {e}"));
+    let predicate = arrow::compute::FilterBuilder::new(mask).optimize().build();
+    let columns = batch
+        .columns()
+        .par_iter()
+        .map(|c| predicate.filter(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(predicate.count()));
+    RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(fail)
+}
+
 /// The bytes of each value of a text or fixed-width column, for hashing values without
 /// converting them (a null's bytes are unspecified: check validity first).
 pub enum ValueBytes<'a> {

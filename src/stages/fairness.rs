@@ -17,17 +17,26 @@ use crate::config::{Attribute, Task};
 use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
 use crate::fairness::{
-    demographic_parity_ratio, equal_opportunity_ratio, groups, kinds, pack, ratios_of_counts,
-    resample_counts,
+    demographic_parity_ratio, equal_opportunity_ratio, groups_by_number, kinds, pack,
+    ratios_of_counts, resample_counts,
 };
 use crate::generate::Rng;
 
 /// The group label of every row for an attribute.
 pub fn labels(batch: &RecordBatch, a: &Attribute) -> Result<Vec<String>> {
+    let (names, ids) = label_numbers(batch, a)?;
+    Ok(ids.iter().map(|&i| names[i as usize].clone()).collect())
+}
+
+/// The groups of an attribute's rows: the labels that occur, sorted (the order of
+/// [`crate::fairness::groups`]' map), and each row's number in them. A numeric attribute's bands are named
+/// once each; a text attribute's values are numbered as they are first met.
+pub fn label_numbers(batch: &RecordBatch, a: &Attribute) -> Result<(Vec<String>, Vec<u32>)> {
+    const NULL: &str = "(null)";
     let col = batch
         .column_by_name(&a.column)
         .ok_or_else(|| Error::Data(format!("attribute column `{}` is missing", a.column)))?;
-    match &a.bands {
+    let (all, raw): (Vec<String>, Vec<u32>) = match &a.bands {
         Some(edges) => {
             let f = arrow::compute::cast(col, &DataType::Float64)
                 .map_err(|e| Error::Data(e.to_string()))?;
@@ -38,8 +47,7 @@ pub fn labels(batch: &RecordBatch, a: &Attribute) -> Result<Vec<String>> {
                     format!("{v}")
                 }
             };
-            // One name per band, formatted once (not once a row).
-            let names: Vec<String> = (0..=edges.len())
+            let mut names: Vec<String> = (0..=edges.len())
                 .map(|i| {
                     if i == 0 {
                         format!("<{}", fmt(edges[0]))
@@ -52,23 +60,49 @@ pub fn labels(batch: &RecordBatch, a: &Attribute) -> Result<Vec<String>> {
                     }
                 })
                 .collect();
-            Ok(f.as_primitive::<Float64Type>()
+            names.push(NULL.into());
+            let null = edges.len() as u32 + 1;
+            let raw = f
+                .as_primitive::<Float64Type>()
                 .iter()
                 .map(|v| match v {
-                    Some(x) => names[edges.partition_point(|e| *e <= x)].clone(),
-                    None => "(null)".into(),
+                    Some(x) => edges.partition_point(|e| *e <= x) as u32,
+                    None => null,
                 })
-                .collect())
+                .collect();
+            (names, raw)
         }
         None => {
             let s = arrow::compute::cast(col, &DataType::Utf8)
                 .map_err(|e| Error::Data(e.to_string()))?;
-            Ok(s.as_string::<i32>()
-                .iter()
-                .map(|v| v.unwrap_or("(null)").to_string())
-                .collect())
+            let mut number: std::collections::HashMap<&str, u32> = Default::default();
+            let mut names = Vec::new();
+            let mut raw = Vec::with_capacity(s.len());
+            for v in s.as_string::<i32>().iter() {
+                let v = v.unwrap_or(NULL);
+                let next = number.len() as u32;
+                let id = *number.entry(v).or_insert_with(|| {
+                    names.push(v.to_string());
+                    next
+                });
+                raw.push(id);
+            }
+            (names, raw)
         }
+    };
+    // Only the labels with rows, renumbered in sorted order.
+    let mut used = vec![false; all.len()];
+    for &r in &raw {
+        used[r as usize] = true;
     }
+    let mut order: Vec<usize> = (0..all.len()).filter(|&i| used[i]).collect();
+    order.sort_by(|&x, &y| all[x].cmp(&all[y]));
+    let mut renumber = vec![u32::MAX; all.len()];
+    for (new, &old) in order.iter().enumerate() {
+        renumber[old] = new as u32;
+    }
+    let names = order.iter().map(|&i| all[i].clone()).collect();
+    Ok((names, raw.iter().map(|&r| renumber[r as usize]).collect()))
 }
 
 /// Percentile interval of bootstrap ratios (NaNs dropped).
@@ -144,25 +178,18 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         let mut per_attr = serde_json::Map::new();
         let mut model_summary = serde_json::Map::new();
         for (attr, a) in &cfg.attributes {
-            let lab = labels(&subset, a)?;
-            let lr: Vec<&str> = lab.iter().map(|s| s.as_str()).collect();
-            let g = groups(&lr, &selected, Some(&truth), cfg.min_group_size);
+            let (names, gid) = label_numbers(&subset, a)?;
+            let g = groups_by_number(&names, &gid, &selected, Some(&truth), cfg.min_group_size);
             let dpr = demographic_parity_ratio(&g);
             let eor = (task == Task::Binary).then(|| equal_opportunity_ratio(&g));
-            // Each row as its group's number: per-group subsets and the bootstrap's resamples
-            // are then counted with integers.
-            let number: BTreeMap<&str, usize> =
-                g.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
-            let gid: Vec<usize> = lr.iter().map(|l| number[l]).collect();
-            // Per-group metric of the model.
+            // Per-group metric of the model: each group's rows in one pass, in row order.
+            let mut parts = vec![(Vec::new(), Vec::new()); names.len()];
+            for (&k, (&truth_k, &pred_k)) in gid.iter().zip(y.iter().zip(&p)) {
+                parts[k as usize].0.push(truth_k);
+                parts[k as usize].1.push(pred_k);
+            }
             let mut group_metric = BTreeMap::new();
-            for (k, name) in g.keys().enumerate() {
-                let (gy, gp): (Vec<f64>, Vec<f64>) = gid
-                    .iter()
-                    .zip(y.iter().zip(&p))
-                    .filter(|(l, _)| **l == k)
-                    .map(|(_, (a, b))| (*a, *b))
-                    .unzip();
+            for (name, (gy, gp)) in names.iter().zip(parts) {
                 let v = match task {
                     Task::Binary => crate::metrics::roc_auc(
                         &gy.iter().map(|v| *v == 1.0).collect::<Vec<_>>(),
@@ -178,8 +205,8 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             let k = kinds(
                 gid.iter()
                     .zip(selected.iter().zip(&truth))
-                    .map(|(g, (s, t))| pack(*g, *s, *t)),
-                number.len(),
+                    .map(|(g, (s, t))| pack(*g as usize, *s, *t)),
+                names.len(),
             );
             let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
                 .map(|b| {
@@ -264,6 +291,50 @@ mod tests {
         assert_eq!(
             labels(&b, &a).unwrap(),
             ["<25", "<25", "25-34", "55-64", "65+", "(null)"]
+        );
+    }
+
+    #[test]
+    fn label_numbers_are_the_sorted_labels_that_occur() {
+        // Text: nulls and a literal "(null)" are one group, as their labels are equal.
+        let b = RecordBatch::try_from_iter(vec![(
+            "region",
+            Arc::new(arrow::array::StringArray::from(vec![
+                Some("west"),
+                None,
+                Some("east"),
+                Some("(null)"),
+                Some("west"),
+            ])) as ArrayRef,
+        )])
+        .unwrap();
+        let a = Attribute {
+            column: "region".into(),
+            bands: None,
+        };
+        let (names, ids) = label_numbers(&b, &a).unwrap();
+        assert_eq!(names, ["(null)", "east", "west"]);
+        assert_eq!(ids, [2, 0, 1, 0, 2]);
+        // Bands: only those with rows, in the labels' byte order ("<25" after the digits).
+        let b = RecordBatch::try_from_iter(vec![(
+            "age",
+            Arc::new(Int32Array::from(vec![Some(70), Some(18), None, Some(30)])) as ArrayRef,
+        )])
+        .unwrap();
+        let a = Attribute {
+            column: "age".into(),
+            bands: Some(vec![25.0, 35.0, 45.0, 55.0, 65.0]),
+        };
+        let (names, ids) = label_numbers(&b, &a).unwrap();
+        assert_eq!(names, ["(null)", "25-34", "65+", "<25"]);
+        assert_eq!(ids, [2, 3, 0, 1]);
+        // The same groups as counting the labels themselves.
+        let sel = [true, false, true, true];
+        let lab = labels(&b, &a).unwrap();
+        let lr: Vec<&str> = lab.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            crate::fairness::groups(&lr, &sel, None, 1),
+            groups_by_number(&names, &ids, &sel, None, 1)
         );
     }
 }

@@ -83,20 +83,18 @@ pub fn buckets(batch: &RecordBatch, key: &[String]) -> Result<Vec<u8>> {
             })
         })
         .collect::<Result<_>>()?;
-    let text: Vec<Vec<String>> = cols
+    // Each key column as text (a text column as it is); a null is the empty string.
+    let text: Vec<arrow::array::ArrayRef> = cols
         .iter()
         .map(|a| {
-            let s = arrow::compute::cast(
+            arrow::compute::cast(
                 &arrow::array::make_array(a.to_data()),
                 &arrow::datatypes::DataType::Utf8,
             )
-            .map_err(|e| Error::Data(format!("key column cannot be read as text: {e}")))?;
-            Ok(s.as_string::<i32>()
-                .iter()
-                .map(|v| v.unwrap_or("").to_string())
-                .collect())
+            .map_err(|e| Error::Data(format!("key column cannot be read as text: {e}")))
         })
         .collect::<Result<_>>()?;
+    let text: Vec<&arrow::array::StringArray> = text.iter().map(|a| a.as_string()).collect();
     Ok((0..batch.num_rows())
         .into_par_iter()
         .map(|r| {
@@ -105,7 +103,9 @@ pub fn buckets(batch: &RecordBatch, key: &[String]) -> Result<Vec<u8>> {
                 if i > 0 {
                     h.update([0x1f]);
                 }
-                h.update(c[r].as_bytes());
+                if c.is_valid(r) {
+                    h.update(c.value(r).as_bytes());
+                }
             }
             let d = h.finalize();
             (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 100) as u8
@@ -161,5 +161,30 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(buckets(&b, &["id".to_string()]).unwrap(), vec![53, 1, 55]);
+    }
+
+    // Python: the same of "a\x1f7", "\x1f7" and "": a compound key's parts are joined by
+    // 0x1f, numbers are their text, and a null is the empty string.
+    #[test]
+    fn compound_keys_and_nulls_bucket_as_their_joined_text() {
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "a",
+                Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(arrow::array::Int64Array::from(vec![7, 7])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let key = ["a".to_string(), "n".to_string()];
+        assert_eq!(buckets(&b, &key).unwrap(), vec![4, 38]);
+        let null = RecordBatch::try_from_iter(vec![(
+            "a",
+            Arc::new(StringArray::from(vec![None::<&str>])) as ArrayRef,
+        )])
+        .unwrap();
+        assert_eq!(buckets(&null, &key[..1]).unwrap(), vec![10]);
     }
 }

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Duration, Utc};
@@ -152,13 +151,17 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
             .await
             .map_err(|e| Error::Infra(format!("pseudonymising panicked: {e}")))??
     };
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|r| Some(!outcome.rejected.contains_key(&(r as u32))))
-        .collect();
+    let keep = {
+        let mut bits = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
+        bits.append_n(batch.num_rows(), true);
+        for &r in outcome.rejected.keys() {
+            bits.set_bit(r as usize, false);
+        }
+        BooleanArray::new(bits.finish(), None)
+    };
     let reject_mask =
         arrow::compute::not(&keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
-    let rejected = filter_record_batch(batch, &reject_mask)
-        .map_err(|e| Error::Infra(format!("filter: {e}")))?;
+    let rejected = crate::data::filter_rows(batch, &reject_mask)?;
     let rows: UInt64Array = outcome.rejected.keys().map(|&r| r as u64).collect();
     let reasons: StringArray = outcome
         .rejected
@@ -196,8 +199,7 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
                 .await
                 .map_err(|e| Error::Infra(format!("split buckets panicked: {e}")))??
         };
-        let clean =
-            filter_record_batch(&batch, &keep).map_err(|e| Error::Infra(format!("filter: {e}")))?;
+        let clean = crate::data::filter_rows(&batch, &keep)?;
         ctx.write_table(
             &format!("{name}.clean"),
             &format!("{name}/clean.parquet"),
