@@ -117,7 +117,7 @@ resources
 avail_kb=$(df -k --output=avail . | tail -1 | tr -d ' ')
 if [ "$avail_kb" -lt $((8 * 1024 * 1024)) ]; then
   echo "warning: under 8 GB free in $(pwd); a fresh clone's test, bench and fuzz builds" \
-    "write several GB; if a build or link step fails, free disk space and re-run" >&2
+    "write about 6 GB (target/ 3 GB, fuzz/target 3 GB); if a build or link step fails, free disk space and re-run" >&2
 fi
 
 echo "== unit and integration tests"
