@@ -94,23 +94,23 @@ pub fn roc_auc(y: &[bool], score: &[f64]) -> R {
     }
     crate::stats::sort_f64(&mut p);
     crate::stats::sort_f64(&mut n);
-    // Twice the statistic: 2 per negative below a positive, 1 per tie.
-    let (mut twice, mut below, mut i) = (0u128, 0u64, 0usize);
-    let mut k = 0;
+    // Twice the statistic: 2 per negative below a positive, 1 per tie. `below` negatives are
+    // under the current positive score.
+    let (mut twice, mut below, mut k) = (0u128, 0usize, 0usize);
     while k < p.len() {
         let s = p[k];
-        while i < n.len() && n[i].total_cmp(&s).is_lt() {
-            (below, i) = (below + 1, i + 1);
+        while below < n.len() && n[below].total_cmp(&s).is_lt() {
+            below += 1;
         }
-        let mut tied = 0u64;
-        while i + (tied as usize) < n.len() && n[i + tied as usize].total_cmp(&s).is_eq() {
+        let mut tied = 0usize;
+        while below + tied < n.len() && n[below + tied].total_cmp(&s).is_eq() {
             tied += 1;
         }
         let mut same = 0u64;
         while k < p.len() && p[k].total_cmp(&s).is_eq() {
             (same, k) = (same + 1, k + 1);
         }
-        twice += u128::from(same) * u128::from(2 * below + tied);
+        twice += u128::from(same) * (2 * below + tied) as u128;
     }
     Ok((twice as f64 / 2.0) / (pos as f64 * (y.len() - pos) as f64))
 }
