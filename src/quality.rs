@@ -506,24 +506,8 @@ fn outliers(
         .map_init(Vec::new, |work: &mut Vec<f64>, c| {
             let a = batch.column_by_name(&c.name)?;
             work.clear();
-            match a.data_type() {
-                DataType::Float64 => work.extend(
-                    a.as_primitive::<arrow::datatypes::Float64Type>()
-                        .iter()
-                        .flatten()
-                        .filter(|x| x.is_finite()),
-                ),
-                _ => {
-                    let f = arrow::compute::cast(a, &DataType::Float64)
-                        .expect("numeric casts to float");
-                    work.extend(
-                        f.as_primitive::<arrow::datatypes::Float64Type>()
-                            .iter()
-                            .flatten()
-                            .filter(|x| x.is_finite()),
-                    )
-                }
-            }
+            crate::data::extend_numbers(a.as_ref(), f64::is_finite, work)
+                .expect("numeric casts to float");
             let (lo, hi) = crate::stats::iqr_fences(work, q.outliers.k)?;
             let count = work.iter().filter(|&&x| x < lo || x > hi).count();
             let rate = count as f64 / rows;

@@ -50,6 +50,21 @@ pub fn filter_rows(
     RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(fail)
 }
 
+/// Appends the non-null values of a numeric column, as `f64`, that `keep` accepts. A `Float64`
+/// column is read in place (`cast` to its own type only clones the array's handle); the vector
+/// grows once, by the column's non-null count.
+pub fn extend_numbers(
+    a: &dyn Array,
+    keep: impl Fn(f64) -> bool,
+    into: &mut Vec<f64>,
+) -> std::result::Result<(), arrow::error::ArrowError> {
+    let f = arrow::compute::cast(a, &DataType::Float64)?;
+    let f = f.as_primitive::<arrow::datatypes::Float64Type>();
+    into.reserve(f.len() - f.null_count());
+    into.extend(f.iter().flatten().filter(|&x| keep(x)));
+    Ok(())
+}
+
 /// The bytes of each value of a text or fixed-width column, for hashing values without
 /// converting them (a null's bytes are unspecified: check validity first).
 pub enum ValueBytes<'a> {
