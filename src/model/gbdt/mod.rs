@@ -5,6 +5,8 @@
 //! deterministic: the same data and parameters give the same trees, bit for bit.
 //!
 //! Where the time goes, and what keeps it short (profiled on 800 000 rows × 15 features):
+//! - Rows are kept sorted by the bins of the features that split the first tree's root best
+//!   (see [`row_order`]), so that a leaf's rows lie closer together.
 //! - Histograms of a leaf's rows read the rows' bins and gradients in row order but with gaps,
 //!   from arrays far larger than the caches; each row's data is prefetched a few dozen rows
 //!   ahead (45 → 11 ns a row). Rows of bins are padded to 16 or 32 bytes, so the per-row loop
@@ -331,14 +333,20 @@ struct Binned {
     bounds: Vec<Vec<f64>>,
 }
 
+#[cfg(test)]
 fn bin_features(x: &dyn Columns, n: usize, max_bins: usize) -> Result<Binned, String> {
+    let (columns, bounds) = bin_columns(x, n, max_bins)?;
+    Ok(Binned::new(columns, bounds, n))
+}
+
+/// Each feature's bin bounds and its rows' bins, feature after feature (`columns[f * n + r]`,
+/// then 3 bytes of padding: the vectorised partition reads 4 bytes at a row's bin).
+fn bin_columns(
+    x: &dyn Columns,
+    n: usize,
+    max_bins: usize,
+) -> Result<(Vec<u8>, Vec<Vec<f64>>), String> {
     let nf = x.count();
-    let stride = match nf {
-        0..=16 => 16,
-        17..=32 => 32,
-        _ => nf,
-    };
-    // 3 bytes of padding: the vectorised partition reads 4 bytes at a row's bin.
     let mut columns = big_vec(n * nf + 3, 0u8);
     // One feature at a time per thread, each into a buffer the thread reuses: the features are
     // never all in memory as numbers.
@@ -361,29 +369,132 @@ fn bin_features(x: &dyn Columns, n: usize, max_bins: usize) -> Result<Binned, St
             })
             .collect::<Result<_, String>>()?
     };
-    let mut row_major = big_vec(n * stride, 0u8);
-    row_major
-        .par_chunks_mut(stride * 4096)
-        .enumerate()
-        .for_each(|(k, chunk)| {
-            let base = k * 4096;
-            for (j, row) in chunk.chunks_mut(stride).enumerate() {
-                for (f, b) in row[..nf].iter_mut().enumerate() {
-                    *b = columns[f * n + base + j];
+    Ok((columns, bounds))
+}
+
+impl Binned {
+    /// The row-major copy of `columns` (see [`bin_columns`]).
+    fn new(columns: Vec<u8>, bounds: Vec<Vec<f64>>, n: usize) -> Binned {
+        let nf = bounds.len();
+        let stride = match nf {
+            0..=16 => 16,
+            17..=32 => 32,
+            _ => nf,
+        };
+        let mut row_major = big_vec(n * stride, 0u8);
+        row_major
+            .par_chunks_mut(stride * 4096)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let base = k * 4096;
+                for (j, row) in chunk.chunks_mut(stride).enumerate() {
+                    for (f, b) in row[..nf].iter_mut().enumerate() {
+                        *b = columns[f * n + base + j];
+                    }
+                    // Padding bins vary from row to row: a bin added to in every row would
+                    // chain each row's update to the previous one's store.
+                    row[nf..].fill((base + j) as u8);
                 }
-                // Padding bins vary from row to row: a bin added to in every row would chain
-                // each row's update to the previous one's store.
-                row[nf..].fill((base + j) as u8);
+            });
+        Binned {
+            row_major,
+            stride,
+            columns,
+            n,
+            n_features: nf,
+            bounds,
+        }
+    }
+}
+
+/// How many features [`row_order`] sorts the rows by.
+const ORDER_KEYS: usize = 3;
+
+/// The order the booster keeps its rows in: sorted by the bins of the [`ORDER_KEYS`] features
+/// whose best split of all rows gains most on the first tree's gradients, the best first, ties
+/// in row order. The leaves of a tree are its rows split by bins, so in this order the rows of a
+/// leaf that splits on those features lie close together, and the histogram of its rows reads
+/// far fewer cache lines: at 10 M customers the leaves' histograms took 12.5 s of a churn
+/// fit instead of 20 s. The trees are those of the rows in their own order up to the order in
+/// which each bin's sums are added.
+fn row_order(
+    columns: &[u8],
+    bounds: &[Vec<f64>],
+    y: &[f64],
+    objective: Objective,
+    p: &Params,
+) -> Vec<u32> {
+    let n = y.len();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    if n < 2 {
+        return order;
+    }
+    // The first tree's gradients: every row has the initial score.
+    let init = init_score(y, objective);
+    let (q, h) = match objective {
+        Objective::SquaredError => (init, 1.0),
+        Objective::Logistic => {
+            let q = sigmoid(init);
+            (q, (q * (1.0 - q)).max(1e-16))
+        }
+    };
+    let mut gains: Vec<(f64, usize)> = columns[..n * bounds.len()]
+        .par_chunks(n)
+        .enumerate()
+        .map(|(f, col)| {
+            let mut hist = [[0.0; 3]; 256];
+            for (&bin, yi) in col.iter().zip(y) {
+                let e = &mut hist[bin as usize];
+                e[0] += q - yi;
+                e[1] += h;
+                e[2] += 1.0;
             }
+            let (g, hs) = hist
+                .iter()
+                .fold((0.0, 0.0), |(g, h), e| (g + e[0], h + e[1]));
+            let gain = best_split(&bounds[f..=f], &[hist], g, hs, n, p).map_or(0.0, |s| s.gain);
+            (gain, f)
+        })
+        .collect();
+    // Largest gain first; on ties the first feature.
+    gains.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Least significant key first, each pass a stable counting sort.
+    let mut next = vec![0u32; n];
+    for &(gain, f) in gains.iter().take(ORDER_KEYS).rev() {
+        if gain <= 0.0 {
+            continue;
+        }
+        let col = &columns[f * n..(f + 1) * n];
+        let mut at = [0usize; 257];
+        for &r in &order {
+            at[col[r as usize] as usize + 1] += 1;
+        }
+        for b in 1..257 {
+            at[b] += at[b - 1];
+        }
+        for &r in &order {
+            let b = col[r as usize] as usize;
+            next[at[b]] = r;
+            at[b] += 1;
+        }
+        std::mem::swap(&mut order, &mut next);
+    }
+    order
+}
+
+/// `columns` (see [`bin_columns`]) with each feature's rows put in `order`.
+fn reorder_columns(columns: &mut [u8], n: usize, order: &[u32]) {
+    if n == 0 {
+        return;
+    }
+    let nf = (columns.len() - 3) / n;
+    columns[..n * nf]
+        .par_chunks_mut(n)
+        .for_each_init(Vec::new, |buf: &mut Vec<u8>, col| {
+            buf.clear();
+            buf.extend(order.iter().map(|&r| col[r as usize]));
+            col.copy_from_slice(buf);
         });
-    Ok(Binned {
-        row_major,
-        stride,
-        columns,
-        n,
-        n_features: nf,
-        bounds,
-    })
 }
 
 /// `n` copies of `value` in memory the kernel is asked to back with 2 MiB pages (Linux), before
@@ -624,7 +735,7 @@ fn root_with_counts<const N: usize>(
 
 /// The best split of a leaf with `n` rows.
 fn best_split<const N: usize>(
-    b: &Binned,
+    bounds: &[Vec<f64>],
     hist: &[FeatureHist<N>],
     g: f64,
     h: f64,
@@ -636,7 +747,7 @@ fn best_split<const N: usize>(
     let min_data = p.min_data_in_leaf as f64;
     let mut best: Option<Split> = None;
     for (f, fh) in hist.iter().enumerate() {
-        let nb = b.bounds[f].len();
+        let nb = bounds[f].len();
         let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0.0);
         for (bin, e) in fh[..nb.saturating_sub(1)].iter().enumerate() {
             gl += e[0];
@@ -682,19 +793,37 @@ pub fn train_columns(
     objective: Objective,
     p: &Params,
 ) -> Result<Booster, String> {
-    let binned = bin_features(x, y.len(), p.max_bins)?;
-    Ok(train_binned(binned, y, objective, p))
+    let n = y.len();
+    let (mut columns, bounds) = bin_columns(x, n, p.max_bins)?;
+    let order = row_order(&columns, &bounds, y, objective, p);
+    reorder_columns(&mut columns, n, &order);
+    let y: Vec<f64> = order.iter().map(|&r| y[r as usize]).collect();
+    drop(order);
+    Ok(train_binned(
+        Binned::new(columns, bounds, n),
+        &y,
+        objective,
+        p,
+    ))
 }
 
-fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
-    let n = y.len();
-    let init_score = match objective {
-        Objective::SquaredError => y.iter().sum::<f64>() / n as f64,
+/// The score every row starts from: the mean, or for logistic loss its log-odds.
+fn init_score(y: &[f64], objective: Objective) -> f64 {
+    let mean = y.iter().sum::<f64>() / y.len() as f64;
+    match objective {
+        Objective::SquaredError => mean,
         Objective::Logistic => {
-            let m = (y.iter().sum::<f64>() / n as f64).clamp(1e-15, 1.0 - 1e-15);
+            let m = mean.clamp(1e-15, 1.0 - 1e-15);
             (m / (1.0 - m)).ln()
         }
-    };
+    }
+}
+
+/// Grows the trees on rows in the order of `binned` and `y` (see [`row_order`]): nothing
+/// below depends on which row is which, only on the order in which rows are added up.
+fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
+    let n = y.len();
+    let init_score = init_score(y, objective);
     let mut score = big_vec(n, init_score);
     let mut trees = Vec::with_capacity(p.n_trees);
     let mut importance = vec![0.0; binned.n_features];
@@ -856,7 +985,7 @@ impl Grower<'_> {
             None if N == 3 => root_with_counts(b, gh, &mut self.root_counts),
             None => build_hist::<N>(b, Rows::All(n), gh),
         };
-        let split = best_split(b, &hist, gs, hs, n, p);
+        let split = best_split(&b.bounds, &hist, gs, hs, n, p);
         let mut tree = Tree {
             feature: vec![0],
             threshold: vec![0.0],
@@ -947,8 +1076,8 @@ impl Grower<'_> {
             } else {
                 (big_hist, small_hist)
             };
-            let split_l = best_split(b, &hist_l, gl, hl, l, p);
-            let split_r = best_split(b, &hist_r, gr, hr, r, p);
+            let split_l = best_split(&b.bounds, &hist_l, gl, hl, l, p);
+            let split_r = best_split(&b.bounds, &hist_r, gr, hr, r, p);
             leaves.push(child(leaf.start, mid, gl, hl, hist_l, split_l, ln));
             leaves.push(child(mid, leaf.end, gr, hr, hist_r, split_r, rn));
         }
@@ -1100,6 +1229,79 @@ mod tests {
                     let l = partition(&binned, &mut got, &mut scratch, &split);
                     assert_eq!(got, want, "len {len}, feature {feature}, bin {bin}");
                     assert_eq!(l, seg.iter().filter(|&&r| col(r) <= bin).count());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_ordered_by_the_features_that_split_the_root_best() {
+        // y follows c most, then a; b is noise. Rows sort by c's bins, then a's, then b's.
+        let mut rng = crate::generate::Rng::new(17);
+        let n = 30_000;
+        let a: Vec<f64> = (0..n).map(|_| (rng.uniform() * 7.0).floor()).collect();
+        let b: Vec<f64> = (0..n).map(|_| (rng.uniform() * 3.0).floor()).collect();
+        let c: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|r| 10.0 * c[r] + 0.5 * a[r] + rng.normal())
+            .collect();
+        let x: &[&[f64]] = &[&a, &b, &c];
+        let p = Params::default();
+        let (columns, bounds) = bin_columns(&x, n, p.max_bins).unwrap();
+        let order = row_order(&columns, &bounds, &y, Objective::SquaredError, &p);
+        let mut seen = vec![false; n];
+        order.iter().for_each(|&r| seen[r as usize] = true);
+        assert!(seen.iter().all(|s| *s), "not a permutation");
+        let key = |r: u32| {
+            let bin = |f: usize| columns[f * n + r as usize];
+            (bin(2), bin(0), bin(1), r)
+        };
+        assert!(
+            order.windows(2).all(|w| key(w[0]) < key(w[1])),
+            "rows are not sorted by (c, a, b) bins, then row"
+        );
+        // Logistic loss on a 0/1 target that follows a only: a's bins lead.
+        let yl: Vec<f64> = a.iter().map(|v| f64::from(u8::from(*v >= 3.0))).collect();
+        let order = row_order(&columns, &bounds, &yl, Objective::Logistic, &p);
+        assert!(order
+            .windows(2)
+            .all(|w| columns[w[0] as usize] <= columns[w[1] as usize]));
+    }
+
+    #[test]
+    fn the_trees_do_not_depend_on_the_order_rows_come_in() {
+        // The booster sorts rows itself: a shuffled copy of the data grows the same trees, up to
+        // the order in which each bin's sums were added.
+        let (a, b, y) = data(20_000);
+        let mut rng = crate::generate::Rng::new(23);
+        let mut perm: Vec<usize> = (0..a.len()).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, rng.below(i + 1));
+        }
+        let shuffle = |v: &[f64]| perm.iter().map(|&r| v[r]).collect::<Vec<f64>>();
+        let (sa, sb, sy) = (shuffle(&a), shuffle(&b), shuffle(&y));
+        let p = Params {
+            n_trees: 30,
+            ..Default::default()
+        };
+        for (objective, y, sy) in [
+            (Objective::SquaredError, y.clone(), sy.clone()),
+            (
+                Objective::Logistic,
+                y.iter().map(|v| f64::from(u8::from(*v > 1.5))).collect(),
+                sy.iter().map(|v| f64::from(u8::from(*v > 1.5))).collect(),
+            ),
+        ] {
+            let m = train(&[&a, &b], &y, objective, &p);
+            let s = train(&[&sa, &sb], &sy, objective, &p);
+            for (t, u) in m.trees.iter().zip(&s.trees) {
+                assert_eq!(
+                    (&t.feature, &t.threshold, &t.left, &t.right),
+                    (&u.feature, &u.threshold, &u.left, &u.right),
+                    "{objective:?}"
+                );
+                for (v, w) in t.value.iter().zip(&u.value) {
+                    assert!((v - w).abs() <= 1e-12 * v.abs().max(1.0), "{v} vs {w}");
                 }
             }
         }
