@@ -285,6 +285,27 @@ fn bin_bounds(col: &[f64], max_bins: usize) -> Vec<f64> {
 /// Gradient and hessian of one row.
 type Gh = [f64; 2];
 
+/// A row's gradient and hessian as the histograms read them: the pair for logistic loss, the
+/// gradient alone for squared error, whose hessian is always 1 (half the bytes to write each tree
+/// and to read for each histogram; the same additions, so the same sums).
+trait Grad: Copy + Send + Sync {
+    fn pair(self) -> Gh;
+}
+
+impl Grad for Gh {
+    #[inline(always)]
+    fn pair(self) -> Gh {
+        self
+    }
+}
+
+impl Grad for f64 {
+    #[inline(always)]
+    fn pair(self) -> Gh {
+        [self, 1.0]
+    }
+}
+
 /// A histogram entry: a bin's gradient and hessian sums, and for logistic loss (N = 3) its row
 /// count. Squared error uses N = 2: its hessian is 1, so the hessian sum is the count.
 type Entry<const N: usize> = [f64; N];
@@ -566,7 +587,11 @@ const FILL_STRIDE: usize = 260;
 /// # Safety
 /// `flat` has at least `W * FILL_STRIDE` entries.
 #[inline(always)]
-unsafe fn add_row<const M: usize, const W: usize>(flat: &mut [Entry<M>], bins: &[u8; W], gh: &Gh) {
+unsafe fn add_row<const M: usize, const W: usize, G: Grad>(
+    flat: &mut [Entry<M>],
+    bins: &[u8; W],
+    gh: G,
+) {
     debug_assert!(flat.len() >= W * FILL_STRIDE && (2..=3).contains(&M));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE2 is part of x86_64; `f * FILL_STRIDE + bin < W * FILL_STRIDE`, within `flat`
@@ -574,7 +599,8 @@ unsafe fn add_row<const M: usize, const W: usize>(flat: &mut [Entry<M>], bins: &
     // IEEE additions, as the scalar code below does them.
     unsafe {
         use std::arch::x86_64::*;
-        let g = _mm_loadu_pd(gh.as_ptr());
+        let [g, h] = gh.pair();
+        let g = _mm_set_pd(h, g);
         let base = flat.as_mut_ptr().cast::<f64>();
         for f in 0..W {
             let e = base.add((f * FILL_STRIDE + bins[f] as usize) * M);
@@ -585,22 +611,25 @@ unsafe fn add_row<const M: usize, const W: usize>(flat: &mut [Entry<M>], bins: &
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    for f in 0..W {
-        let e = &mut flat[f * FILL_STRIDE + bins[f] as usize];
-        e[0] += gh[0];
-        e[1] += gh[1];
-        if M == 3 {
-            e[2] += 1.0;
+    {
+        let gh = gh.pair();
+        for f in 0..W {
+            let e = &mut flat[f * FILL_STRIDE + bins[f] as usize];
+            e[0] += gh[0];
+            e[1] += gh[1];
+            if M == 3 {
+                e[2] += 1.0;
+            }
         }
     }
 }
 
 /// The histogram of the rows of chunk `k` of `rows`, for rows of `W` bins. The loops are written
 /// out rather than shared through a closure: the compiler called such a closure once a row.
-fn fill<const M: usize, const W: usize>(
+fn fill<const M: usize, const W: usize, G: Grad>(
     b: &Binned,
     rows: Rows,
-    gh: &[Gh],
+    gh: &[G],
     k: usize,
 ) -> Vec<FeatureHist<M>> {
     let mut flat = vec![[0.0; M]; W * FILL_STRIDE];
@@ -613,7 +642,7 @@ fn fill<const M: usize, const W: usize>(
         Rows::All(n) => {
             for r in k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n) {
                 // SAFETY: `flat` has W * FILL_STRIDE entries.
-                unsafe { add_row(&mut flat, row(r), &gh[r]) };
+                unsafe { add_row(&mut flat, row(r), gh[r]) };
             }
         }
         Rows::List(l) => {
@@ -624,7 +653,7 @@ fn fill<const M: usize, const W: usize>(
                     prefetch(&gh[ahead as usize]);
                 }
                 // SAFETY: as above.
-                unsafe { add_row(&mut flat, row(r as usize), &gh[r as usize]) };
+                unsafe { add_row(&mut flat, row(r as usize), gh[r as usize]) };
             }
         }
     }
@@ -643,14 +672,20 @@ fn unflatten<const M: usize>(flat: &[Entry<M>], features: usize) -> Vec<FeatureH
 }
 
 /// [`fill`] for any number of features.
-fn fill_any<const M: usize>(b: &Binned, rows: Rows, gh: &[Gh], k: usize) -> Vec<FeatureHist<M>> {
+fn fill_any<const M: usize, G: Grad>(
+    b: &Binned,
+    rows: Rows,
+    gh: &[G],
+    k: usize,
+) -> Vec<FeatureHist<M>> {
     let w = b.stride;
     let mut flat = vec![[0.0; M]; w * FILL_STRIDE];
     let mut add = |r: usize| {
+        let gh = gh[r].pair();
         for (f, &bin) in b.row_major[r * w..(r + 1) * w].iter().enumerate() {
             let e = &mut flat[f * FILL_STRIDE + bin as usize];
-            e[0] += gh[r][0];
-            e[1] += gh[r][1];
+            e[0] += gh[0];
+            e[1] += gh[1];
             if M == 3 {
                 e[2] += 1.0;
             }
@@ -674,12 +709,12 @@ fn fill_any<const M: usize>(b: &Binned, rows: Rows, gh: &[Gh], k: usize) -> Vec<
 
 /// The histogram of every feature over `rows`: gradient and hessian summed per bin, and for
 /// `M` = 3 the rows counted.
-fn build_hist<const M: usize>(b: &Binned, rows: Rows, gh: &[Gh]) -> Vec<FeatureHist<M>> {
+fn build_hist<const M: usize, G: Grad>(b: &Binned, rows: Rows, gh: &[G]) -> Vec<FeatureHist<M>> {
     let fill = |k: usize| {
         let mut h = match b.stride {
-            16 => fill::<M, 16>(b, rows, gh, k),
-            32 => fill::<M, 32>(b, rows, gh, k),
-            _ => fill_any::<M>(b, rows, gh, k),
+            16 => fill::<M, 16, G>(b, rows, gh, k),
+            32 => fill::<M, 32, G>(b, rows, gh, k),
+            _ => fill_any::<M, G>(b, rows, gh, k),
         };
         // The padding's scratch histograms.
         h.truncate(b.n_features);
@@ -708,21 +743,21 @@ fn build_hist<const M: usize>(b: &Binned, rows: Rows, gh: &[Gh]) -> Vec<FeatureH
 
 /// The root's histogram of logistic loss: gradient and hessian sums over all rows, and the row
 /// counts, which are the same for every tree (`counts`, from the first).
-fn root_with_counts<const N: usize>(
+fn root_with_counts<const N: usize, G: Grad>(
     b: &Binned,
-    gh: &[Gh],
+    gh: &[G],
     counts: &mut Vec<[f64; 256]>,
 ) -> Vec<FeatureHist<N>> {
     let n = gh.len();
     if counts.is_empty() {
-        let h = build_hist::<N>(b, Rows::All(n), gh);
+        let h = build_hist::<N, G>(b, Rows::All(n), gh);
         *counts = h
             .iter()
             .map(|fh| std::array::from_fn(|bin| fh[bin][COUNT[N]]))
             .collect();
         return h;
     }
-    build_hist::<2>(b, Rows::All(n), gh)
+    build_hist::<2, G>(b, Rows::All(n), gh)
         .iter()
         .zip(counts.iter())
         .map(|(fh, c)| {
@@ -837,22 +872,23 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
     };
     match objective {
         Objective::SquaredError => {
-            let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
+            // Gradients alone: the hessian is 1 (see `Grad`).
+            let mut g: Vec<f64> = big_vec(n, 0.0);
             // The root's histogram, carried from tree to tree (see `grow`).
             let mut root = Vec::new();
             for _ in 0..p.n_trees {
-                gh.par_iter_mut()
+                g.par_iter_mut()
                     .zip(&score)
                     .zip(y)
-                    .for_each(|((e, s), yi)| *e = [s - yi, 1.0]);
-                trees.push(grower.grow::<2>(&gh, &mut score, &mut importance, Some(&mut root)));
+                    .for_each(|((e, s), yi)| *e = s - yi);
+                trees.push(grower.grow::<2, f64>(&g, &mut score, &mut importance, Some(&mut root)));
             }
         }
         Objective::Logistic => {
             let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
             for _ in 0..p.n_trees {
                 logistic_gradients(&mut gh, &score, y);
-                trees.push(grower.grow::<3>(&gh, &mut score, &mut importance, None));
+                trees.push(grower.grow::<3, Gh>(&gh, &mut score, &mut importance, None));
             }
         }
     }
@@ -964,9 +1000,9 @@ impl Grower<'_> {
     /// rows, a bin's gradient sum grows by `v` times the leaf's rows in that bin, which the leaf's
     /// histogram counts: the next root histogram is this one plus those products, and the pass
     /// over all rows is needed for the first tree only.
-    fn grow<const N: usize>(
+    fn grow<const N: usize, G: Grad>(
         &mut self,
-        gh: &[Gh],
+        gh: &[G],
         score: &mut [f64],
         importance: &mut [f64],
         mut root: Option<&mut Vec<FeatureHist<N>>>,
@@ -975,15 +1011,18 @@ impl Grower<'_> {
         let (rows, scratch) = (&mut self.rows[..], &mut self.scratch[..]);
         let n = rows.len();
         rows.iter_mut().enumerate().for_each(|(i, r)| *r = i as u32);
-        let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| (g + e[0], h + e[1]));
+        let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| {
+            let e = e.pair();
+            (g + e[0], h + e[1])
+        });
         let hist = match root.as_deref_mut() {
             Some(r) if !r.is_empty() => r.clone(),
             Some(r) => {
-                *r = build_hist::<N>(b, Rows::All(n), gh);
+                *r = build_hist::<N, G>(b, Rows::All(n), gh);
                 r.clone()
             }
             None if N == 3 => root_with_counts(b, gh, &mut self.root_counts),
-            None => build_hist::<N>(b, Rows::All(n), gh),
+            None => build_hist::<N, G>(b, Rows::All(n), gh),
         };
         let split = best_split(&b.bounds, &hist, gs, hs, n, p);
         let mut tree = Tree {
@@ -1062,7 +1101,7 @@ impl Grower<'_> {
             } else {
                 (&rows[mid..leaf.end], false)
             };
-            let small_hist = build_hist::<N>(b, Rows::List(small), gh);
+            let small_hist = build_hist::<N, G>(b, Rows::List(small), gh);
             let mut big_hist = leaf.hist;
             for (bf, sf) in big_hist.iter_mut().zip(&small_hist) {
                 for (be, se) in bf.iter_mut().zip(sf) {
@@ -1353,16 +1392,23 @@ mod tests {
                     Rows::All(n) => (0..n).collect(),
                     Rows::List(l) => l.iter().map(|&r| r as usize).collect(),
                 };
-                let h3 = build_hist::<3>(&b, rows, &gh);
-                let h2 = build_hist::<2>(&b, rows, &gh);
+                let h3 = build_hist::<3, Gh>(&b, rows, &gh);
+                let h2 = build_hist::<2, Gh>(&b, rows, &gh);
+                // Squared error's gradients alone, hessian 1.
+                let g: Vec<f64> = gh.iter().map(|e| e[0]).collect();
+                let g2 = build_hist::<2, f64>(&b, rows, &g);
                 assert_eq!(h3.len(), nf);
                 for f in 0..nf {
                     let mut want = [[0.0f64; 3]; 256];
+                    let mut want_g = [[0.0f64; 2]; 256];
                     for &r in &all {
-                        let e = &mut want[b.columns[f * n + r] as usize];
+                        let bin = b.columns[f * n + r] as usize;
+                        let e = &mut want[bin];
                         e[0] += gh[r][0];
                         e[1] += gh[r][1];
                         e[2] += 1.0;
+                        want_g[bin][0] += gh[r][0];
+                        want_g[bin][1] += 1.0;
                     }
                     for bin in 0..256 {
                         assert_eq!(
@@ -1370,6 +1416,7 @@ mod tests {
                             "{nf} features, feature {f}, bin {bin}"
                         );
                         assert_eq!(h2[f][bin], [want[bin][0], want[bin][1]]);
+                        assert_eq!(g2[f][bin], want_g[bin]);
                     }
                 }
             }
