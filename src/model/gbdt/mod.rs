@@ -503,13 +503,13 @@ fn row_order(
     order
 }
 
-/// `columns` (see [`bin_columns`]) with each feature's rows put in `order`.
+/// Features of `n` rows each, one after another (as in [`bin_columns`]), with each feature's
+/// rows put in `order`.
 fn reorder_columns(columns: &mut [u8], n: usize, order: &[u32]) {
     if n == 0 {
         return;
     }
-    let nf = (columns.len() - 3) / n;
-    columns[..n * nf]
+    columns
         .par_chunks_mut(n)
         .for_each_init(Vec::new, |buf: &mut Vec<u8>, col| {
             buf.clear();
@@ -831,7 +831,7 @@ pub fn train_columns(
     let n = y.len();
     let (mut columns, bounds) = bin_columns(x, n, p.max_bins)?;
     let order = row_order(&columns, &bounds, y, objective, p);
-    reorder_columns(&mut columns, n, &order);
+    reorder_columns(&mut columns[..n * bounds.len()], n, &order);
     let y: Vec<f64> = order.iter().map(|&r| y[r as usize]).collect();
     drop(order);
     Ok(train_binned(
