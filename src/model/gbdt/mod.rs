@@ -12,8 +12,9 @@
 //!   ahead (45 → 11 ns a row). Rows of bins are padded to 16 or 32 bytes, so the per-row loop
 //!   has a fixed length and unrolls; a row's (gradient, hessian) is added to each entry with one
 //!   128-bit add, into a histogram whose features are not 4 KiB apart (see [`FILL_STRIDE`]).
-//!   A row's gradient and hessian take 16 bytes, one cache line: the count of logistic loss's
-//!   entries is added as a constant, not stored per row.
+//!   Logistic loss stores a row's gradient and hessian in 16 bytes, squared error its gradient
+//!   alone in 8 (see [`Grad`]); the count of logistic loss's entries is added as a constant, not
+//!   stored per row.
 //! - Logistic gradients: the sigmoid's `exp` is computed inline ([`exp_approx`]), eight rows at
 //!   a time.
 //! - The root's histogram: for squared error it is carried from tree to tree (see
