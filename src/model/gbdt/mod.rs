@@ -328,6 +328,8 @@ struct Split {
 }
 
 struct Leaf<const N: usize> {
+    /// Which of the grower's row buffers holds the rows, at `start..end`.
+    buf: usize,
     start: usize,
     end: usize,
     g: f64,
@@ -866,8 +868,7 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
     let mut grower = Grower {
         b: &binned,
         p,
-        rows: big_vec(n, 0),
-        scratch: big_vec(n + 16, 0),
+        bufs: [big_vec(n, 0), big_vec(n, 0)],
         leaf_of: big_vec(if p.num_leaves <= 256 { n } else { 0 }, 0),
         root_counts: Vec::new(),
     };
@@ -901,75 +902,107 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
     }
 }
 
-/// Stable partition of a leaf's rows on `bin <= split bin`: left rows, then right rows, each in
-/// their previous order. Returns the number of left rows. `scratch` has 16 more places than there
-/// are rows.
-fn partition(b: &Binned, seg: &mut [u32], scratch: &mut [u32], s: &Split) -> usize {
+/// Partition of a leaf's rows on `bin <= split bin`, across the grower's two row buffers: the
+/// left rows stay at the front of `seg`, in their order, and the right rows go to the back of
+/// `other` (the leaf's places in the other buffer, which no other leaf uses) in the reverse of
+/// their order. The left child is then `seg[..l]` and the right `other[l..]`, where `l`, the
+/// number of left rows, is returned. With `all` (the root) the rows are `0..n` in order and
+/// `seg` is written, not read. Nothing is copied back: a partition that gathered the right rows
+/// in a scratch buffer and copied them behind the left ones moved 8 more bytes a right row, and
+/// at 10 M rows the partitions wait on memory (see docs/PERFORMANCE.md, item 26).
+fn partition(b: &Binned, seg: &mut [u32], other: &mut [u32], all: bool, s: &Split) -> usize {
+    let m = seg.len();
+    assert!(other.len() == m && (!all || m == b.n));
     let (mut l, mut r, mut i) = (0usize, 0usize, 0usize);
     let col = &b.columns[s.feature * b.n..(s.feature + 1) * b.n];
     #[cfg(target_arch = "x86_64")]
-    if seg.len() >= 64 && std::arch::is_x86_feature_detected!("avx512f") {
+    if m >= 64 && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F; `columns` has 3 bytes after its last column, and
-        // `scratch` 16 places after the rows (see `simd_partition`).
-        (l, r, i) = unsafe { simd_partition(b, s.feature, seg, scratch, s.bin as u8) };
+        // `other` is as long as `seg` (see `simd_partition`).
+        (l, r, i) = unsafe {
+            if all {
+                simd_partition::<true>(b, s.feature, seg, other, s.bin as u8)
+            } else {
+                simd_partition::<false>(b, s.feature, seg, other, s.bin as u8)
+            }
+        };
     }
-    let tmp = &mut scratch[..seg.len()];
     // Branch-free: both destinations are written and one count advances (`l <= i`, so the
-    // write never lands on an unread row).
-    while i < seg.len() {
-        if let Some(&ahead) = seg.get(i + PREFETCH) {
-            prefetch(&col[ahead as usize]);
-        }
-        let row = seg[i];
+    // write to `seg` never lands on an unread row, and `m - 1 - r >= l`).
+    while i < m {
+        let row = if all {
+            i as u32
+        } else {
+            if let Some(&ahead) = seg.get(i + PREFETCH) {
+                prefetch(&col[ahead as usize]);
+            }
+            seg[i]
+        };
         let left = (col[row as usize] as usize) <= s.bin;
         seg[l] = row;
-        tmp[r] = row;
+        other[m - 1 - r] = row;
         l += usize::from(left);
         r += usize::from(!left);
         i += 1;
     }
-    seg[l..].copy_from_slice(&tmp[..r]);
     l
 }
 
-/// The first whole 16-row groups of [`partition`], 16 rows per step: gather their bins, compare,
-/// and compress the left rows to `seg` and the right rows to `scratch`. Returns (left rows, right
-/// rows, rows done).
+/// The first whole 16-row groups of [`partition`], 16 rows per step: load (`ALL`) or gather
+/// their bins, compare, compress the left rows to `seg` and the right rows, reversed, to the back
+/// of `other`. Returns (left rows, right rows, rows done).
 ///
 /// # Safety
 /// The CPU has AVX-512 F. Each gather reads 4 bytes at a row's bin, so up to 3 bytes past the
 /// feature's column: `columns` has 3 bytes of padding after the last one. Each compressed group is
-/// stored whole (16 places): in `seg` at `l <= i`, over rows already read; in `scratch` at `r`,
-/// which needs 16 places after the last row.
+/// stored whole (16 places): in `seg` at `l <= i`, over rows already read; in `other` ending at
+/// `m - r`, starting at `m - r - 16 >= m - i - 16 >= 0`, on places no right row has reached.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn simd_partition(
+unsafe fn simd_partition<const ALL: bool>(
     b: &Binned,
     feature: usize,
     seg: &mut [u32],
-    scratch: &mut [u32],
+    other: &mut [u32],
     bin: u8,
 ) -> (usize, usize, usize) {
     use std::arch::x86_64::*;
-    assert!(b.columns.len() >= (feature + 1) * b.n + 3 && scratch.len() >= seg.len() + 16);
+    let m = seg.len();
+    assert!(b.columns.len() >= (feature + 1) * b.n + 3 && other.len() == m);
+    assert!(!ALL || m == b.n);
     let base = b.columns[feature * b.n..].as_ptr();
     let (mut l, mut r, mut i) = (0usize, 0usize, 0usize);
     let split = _mm512_set1_epi32(i32::from(bin));
     let byte = _mm512_set1_epi32(0xFF);
-    while i + 16 <= seg.len() {
+    let reverse = _mm512_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let sixteen = _mm512_set1_epi32(16);
+    while i + 16 <= m {
         // SAFETY: see the function's contract; rows are below 2^31 (u32 row numbers of a
         // matrix that fits in memory).
         unsafe {
-            let rows = _mm512_loadu_si512(seg.as_ptr().add(i).cast());
-            let bins = _mm512_and_si512(_mm512_i32gather_epi32::<1>(rows, base.cast()), byte);
+            let (rows, bins) = if ALL {
+                let rows = iota;
+                iota = _mm512_add_epi32(iota, sixteen);
+                (
+                    rows,
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(base.add(i).cast())),
+                )
+            } else {
+                let rows = _mm512_loadu_si512(seg.as_ptr().add(i).cast());
+                let bins = _mm512_i32gather_epi32::<1>(rows, base.cast());
+                (rows, _mm512_and_si512(bins, byte))
+            };
             let left = _mm512_cmple_epu32_mask(bins, split);
             _mm512_storeu_si512(
                 seg.as_mut_ptr().add(l).cast(),
                 _mm512_maskz_compress_epi32(left, rows),
             );
+            // The right rows in lanes 0.., reversed into the top lanes: the first right row
+            // lands at `m - 1 - r`.
             _mm512_storeu_si512(
-                scratch.as_mut_ptr().add(r).cast(),
-                _mm512_maskz_compress_epi32(!left, rows),
+                other.as_mut_ptr().add(m - r - 16).cast(),
+                _mm512_permutexvar_epi32(reverse, _mm512_maskz_compress_epi32(!left, rows)),
             );
             let n_left = left.count_ones() as usize;
             l += n_left;
@@ -980,13 +1013,12 @@ unsafe fn simd_partition(
     (l, r, i)
 }
 
-/// What stays the same across the trees of one booster: the bins, the parameters, and the row
-/// buffers the leaves partition.
+/// What stays the same across the trees of one booster: the bins, the parameters, and the two
+/// row buffers the leaves partition into (see [`partition`]).
 struct Grower<'a> {
     b: &'a Binned,
     p: &'a Params,
-    rows: Vec<u32>,
-    scratch: Vec<u32>,
+    bufs: [Vec<u32>; 2],
     /// Each row's leaf in the tree just grown, when there are at most 256 leaves (else empty).
     leaf_of: Vec<u8>,
     /// Logistic loss: each feature's row count per bin over all rows (see [`root_with_counts`]).
@@ -1009,9 +1041,7 @@ impl Grower<'_> {
         mut root: Option<&mut Vec<FeatureHist<N>>>,
     ) -> Tree {
         let (b, p) = (self.b, self.p);
-        let (rows, scratch) = (&mut self.rows[..], &mut self.scratch[..]);
-        let n = rows.len();
-        rows.iter_mut().enumerate().for_each(|(i, r)| *r = i as u32);
+        let n = gh.len();
         let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| {
             let e = e.pair();
             (g + e[0], h + e[1])
@@ -1033,7 +1063,9 @@ impl Grower<'_> {
             right: vec![-1],
             value: vec![0.0],
         };
+        // The root's rows are all rows in order, in no buffer until it is split.
         let mut leaves = vec![Leaf {
+            buf: 0,
             start: 0,
             end: n,
             g: gs,
@@ -1062,7 +1094,19 @@ impl Grower<'_> {
             let leaf = leaves.swap_remove(li);
             let s = leaf.split.unwrap();
             importance[s.feature] += s.gain;
-            let l = partition(b, &mut rows[leaf.start..leaf.end], scratch, &s);
+            let (seg, other) = match &mut self.bufs {
+                [x, y] if leaf.buf == 0 => (x, y),
+                [y, x] => (x, y),
+            };
+            let span = leaf.start..leaf.end;
+            let l = partition(
+                b,
+                &mut seg[span.clone()],
+                &mut other[span],
+                leaf.node == 0,
+                &s,
+            );
+            let (buf_l, buf_r) = (leaf.buf, 1 - leaf.buf);
             let mid = leaf.start + l;
             let r = leaf.end - mid;
             let (gl, hl, gr, hr) = (s.gl, s.hl, leaf.g - s.gl, leaf.h - s.hl);
@@ -1079,7 +1123,8 @@ impl Grower<'_> {
                 tree.right.push(-1);
                 tree.value.push(0.0);
             }
-            let child = |start, end, g, h, hist, split, node| Leaf {
+            let child = |buf, start, end, g, h, hist, split, node| Leaf {
+                buf,
                 start,
                 end,
                 g,
@@ -1092,15 +1137,15 @@ impl Grower<'_> {
             if leaves.len() + 2 == p.num_leaves && root.is_none() {
                 // The last split: its children stay leaves, and without a carried root
                 // histogram to update nothing needs theirs.
-                leaves.push(child(leaf.start, mid, gl, hl, Vec::new(), None, ln));
-                leaves.push(child(mid, leaf.end, gr, hr, Vec::new(), None, rn));
+                leaves.push(child(buf_l, leaf.start, mid, gl, hl, Vec::new(), None, ln));
+                leaves.push(child(buf_r, mid, leaf.end, gr, hr, Vec::new(), None, rn));
                 break;
             }
             // Histogram of the smaller child; the other is the parent's minus it.
             let (small, small_is_left) = if l <= r {
-                (&rows[leaf.start..mid], true)
+                (&self.bufs[buf_l][leaf.start..mid], true)
             } else {
-                (&rows[mid..leaf.end], false)
+                (&self.bufs[buf_r][mid..leaf.end], false)
             };
             let small_hist = build_hist::<N, G>(b, Rows::List(small), gh);
             let mut big_hist = leaf.hist;
@@ -1118,14 +1163,19 @@ impl Grower<'_> {
             };
             let split_l = best_split(&b.bounds, &hist_l, gl, hl, l, p);
             let split_r = best_split(&b.bounds, &hist_r, gr, hr, r, p);
-            leaves.push(child(leaf.start, mid, gl, hl, hist_l, split_l, ln));
-            leaves.push(child(mid, leaf.end, gr, hr, hist_r, split_r, rn));
+            leaves.push(child(buf_l, leaf.start, mid, gl, hl, hist_l, split_l, ln));
+            leaves.push(child(buf_r, mid, leaf.end, gr, hr, hist_r, split_r, rn));
+        }
+        if leaves.len() == 1 {
+            // The root was not split: its rows were never written.
+            let rows = &mut self.bufs[0];
+            rows.iter_mut().enumerate().for_each(|(i, r)| *r = i as u32);
         }
         let mut values = Vec::with_capacity(leaves.len());
         for leaf in &leaves {
             let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
             tree.value[leaf.node] = v;
-            values.push((v, leaf.start..leaf.end));
+            values.push((v, &self.bufs[leaf.buf][leaf.start..leaf.end]));
             if let Some(root) = root.as_deref_mut() {
                 // Squared error: entry [gradient sum, row count] (N = 2).
                 for (rf, lf) in root.iter_mut().zip(&leaf.hist) {
@@ -1135,32 +1185,27 @@ impl Grower<'_> {
                 }
             }
         }
-        add_leaf_values(&values, rows, score, &mut self.leaf_of);
+        add_leaf_values(&values, score, &mut self.leaf_of);
         tree
     }
 }
 
-/// Adds each leaf's value to the scores of its rows (`rows[span]`). With `leaf_of` (one place a
+/// Adds each leaf's value to the scores of its rows. With `leaf_of` (one place a
 /// row, at most 256 leaves) each row's leaf is noted in a byte and the scores are updated in row
 /// order: adding to the scores of each leaf's rows in place was a cache miss a row once the
 /// scores outgrew the cache (10 M customers: 64 MB of scores; the leaf numbers are 8 MB). With an
 /// empty `leaf_of`, in place. Each row gets one addition either way, so the scores are the same.
-fn add_leaf_values(
-    leaves: &[(f64, std::ops::Range<usize>)],
-    rows: &[u32],
-    score: &mut [f64],
-    leaf_of: &mut [u8],
-) {
+fn add_leaf_values(leaves: &[(f64, &[u32])], score: &mut [f64], leaf_of: &mut [u8]) {
     if leaf_of.is_empty() || leaves.len() > 256 {
-        for (v, span) in leaves {
-            for &r in &rows[span.clone()] {
+        for (v, rows) in leaves {
+            for &r in *rows {
                 score[r as usize] += v;
             }
         }
         return;
     }
-    for (k, (_, span)) in leaves.iter().enumerate() {
-        for &r in &rows[span.clone()] {
+    for (k, (_, rows)) in leaves.iter().enumerate() {
+        for &r in *rows {
             leaf_of[r as usize] = k as u8;
         }
     }
@@ -1239,15 +1284,23 @@ mod tests {
     }
 
     #[test]
-    fn partition_is_stable_and_agrees_with_a_plain_filter() {
+    fn partition_keeps_left_rows_in_order_and_puts_right_rows_behind_them_reversed() {
         let (a, b, _) = data(10_000);
         let x: &[&[f64]] = &[&a, &b];
         let binned = bin_features(&x, a.len(), 255).unwrap();
         let mut rng = crate::generate::Rng::new(7);
-        for len in [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099] {
-            // Increasing rows with gaps, as a leaf holds them.
-            let mut seg: Vec<u32> = (0..10_000u32).filter(|_| rng.uniform() < 0.5).collect();
-            seg.truncate(len);
+        let mut cases: Vec<(Vec<u32>, bool)> = [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099]
+            .iter()
+            .map(|&len| {
+                // Increasing rows with gaps, as a leaf holds them.
+                let mut seg: Vec<u32> = (0..10_000u32).filter(|_| rng.uniform() < 0.5).collect();
+                seg.truncate(len);
+                (seg, false)
+            })
+            .collect();
+        // The root: all rows, which the partition does not read.
+        cases.push(((0..10_000).collect(), true));
+        for (seg, all) in cases {
             for feature in 0..2 {
                 for bin in [0, 1, 3, 100, 254] {
                     let split = Split {
@@ -1258,17 +1311,25 @@ mod tests {
                         hl: 0.0,
                     };
                     let col = |r: u32| binned.columns[feature * binned.n + r as usize] as usize;
-                    let want: Vec<u32> = seg
+                    let left: Vec<u32> = seg.iter().copied().filter(|&r| col(r) <= bin).collect();
+                    let right: Vec<u32> = seg
                         .iter()
+                        .rev()
                         .copied()
-                        .filter(|&r| col(r) <= bin)
-                        .chain(seg.iter().copied().filter(|&r| col(r) > bin))
+                        .filter(|&r| col(r) > bin)
                         .collect();
-                    let mut got = seg.clone();
-                    let mut scratch = vec![0; seg.len() + 16];
-                    let l = partition(&binned, &mut got, &mut scratch, &split);
-                    assert_eq!(got, want, "len {len}, feature {feature}, bin {bin}");
-                    assert_eq!(l, seg.iter().filter(|&&r| col(r) <= bin).count());
+                    let mut got = if all {
+                        vec![u32::MAX; seg.len()]
+                    } else {
+                        seg.clone()
+                    };
+                    let mut other = vec![u32::MAX; seg.len()];
+                    let l = partition(&binned, &mut got, &mut other, all, &split);
+                    let case =
+                        format!("len {}, all {all}, feature {feature}, bin {bin}", seg.len());
+                    assert_eq!(l, left.len(), "{case}");
+                    assert_eq!(got[..l], left[..], "{case}");
+                    assert_eq!(other[l..], right[..], "{case}");
                 }
             }
         }
@@ -1359,14 +1420,14 @@ mod tests {
         let mut cuts: Vec<usize> = (0..39).map(|_| rng.below(n)).collect();
         cuts.extend([0, n]);
         cuts.sort_unstable();
-        let leaves: Vec<(f64, std::ops::Range<usize>)> = cuts
+        let leaves: Vec<(f64, &[u32])> = cuts
             .windows(2)
-            .map(|w| (rng.normal(), w[0]..w[1]))
+            .map(|w| (rng.normal(), &rows[w[0]..w[1]]))
             .collect();
         let start: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
         let (mut in_place, mut in_order) = (start.clone(), start);
-        add_leaf_values(&leaves, &rows, &mut in_place, &mut []);
-        add_leaf_values(&leaves, &rows, &mut in_order, &mut vec![0; n]);
+        add_leaf_values(&leaves, &mut in_place, &mut []);
+        add_leaf_values(&leaves, &mut in_order, &mut vec![0; n]);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&in_order), bits(&in_place));
     }
