@@ -862,7 +862,6 @@ fn init_score(y: &[f64], objective: Objective) -> f64 {
 fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
     let n = y.len();
     let init_score = init_score(y, objective);
-    let mut score = big_vec(n, init_score);
     let mut trees = Vec::with_capacity(p.n_trees);
     let mut importance = vec![0.0; binned.n_features];
     let mut grower = Grower {
@@ -874,23 +873,29 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
     };
     match objective {
         Objective::SquaredError => {
-            // Gradients alone: the hessian is 1 (see `Grad`).
+            // Gradients alone: the hessian is 1 (see `Grad`). A row's gradient is its score
+            // minus its target, so a tree's leaf values are added to the gradients themselves:
+            // no scores are kept, and no pass over all rows recomputes the gradients.
             let mut g: Vec<f64> = big_vec(n, 0.0);
+            g.par_iter_mut()
+                .zip(y)
+                .for_each(|(e, yi)| *e = init_score - yi);
             // The root's histogram, carried from tree to tree (see `grow`).
             let mut root = Vec::new();
             for _ in 0..p.n_trees {
-                g.par_iter_mut()
-                    .zip(&score)
-                    .zip(y)
-                    .for_each(|((e, s), yi)| *e = s - yi);
-                trees.push(grower.grow::<2, f64>(&g, &mut score, &mut importance, Some(&mut root)));
+                let (tree, leaves) = grower.grow::<2, f64>(&g, &mut importance, Some(&mut root));
+                grower.add_leaf_values(&leaves, &mut g);
+                trees.push(tree);
             }
         }
         Objective::Logistic => {
+            let mut score = big_vec(n, init_score);
             let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
             for _ in 0..p.n_trees {
                 logistic_gradients(&mut gh, &score, y);
-                trees.push(grower.grow::<3, Gh>(&gh, &mut score, &mut importance, None));
+                let (tree, leaves) = grower.grow::<3, Gh>(&gh, &mut importance, None);
+                grower.add_leaf_values(&leaves, &mut score);
+                trees.push(tree);
             }
         }
     }
@@ -1026,7 +1031,8 @@ struct Grower<'a> {
 }
 
 impl Grower<'_> {
-    /// Grows one tree on the gradients `gh` and adds its leaf values to `score`.
+    /// Grows one tree on the gradients `gh`; returns it and its leaves' values and rows (buffer,
+    /// span), for [`Grower::add_leaf_values`].
     ///
     /// `root` (squared error only) carries the root's histogram between trees. For squared
     /// error a row's gradient is `score - y`, so when a tree adds `v` to the score of a leaf's
@@ -1036,10 +1042,9 @@ impl Grower<'_> {
     fn grow<const N: usize, G: Grad>(
         &mut self,
         gh: &[G],
-        score: &mut [f64],
         importance: &mut [f64],
         mut root: Option<&mut Vec<FeatureHist<N>>>,
-    ) -> Tree {
+    ) -> (Tree, Vec<LeafRows>) {
         let (b, p) = (self.b, self.p);
         let n = gh.len();
         let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| {
@@ -1175,7 +1180,7 @@ impl Grower<'_> {
         for leaf in &leaves {
             let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
             tree.value[leaf.node] = v;
-            values.push((v, &self.bufs[leaf.buf][leaf.start..leaf.end]));
+            values.push((v, leaf.buf, leaf.start..leaf.end));
             if let Some(root) = root.as_deref_mut() {
                 // Squared error: entry [gradient sum, row count] (N = 2).
                 for (rf, lf) in root.iter_mut().zip(&leaf.hist) {
@@ -1185,10 +1190,21 @@ impl Grower<'_> {
                 }
             }
         }
-        add_leaf_values(&values, score, &mut self.leaf_of);
-        tree
+        (tree, values)
+    }
+
+    /// Adds each leaf's value to `score` at its rows.
+    fn add_leaf_values(&mut self, leaves: &[LeafRows], score: &mut [f64]) {
+        let leaves: Vec<(f64, &[u32])> = leaves
+            .iter()
+            .map(|(v, buf, span)| (*v, &self.bufs[*buf][span.clone()]))
+            .collect();
+        add_leaf_values(&leaves, score, &mut self.leaf_of);
     }
 }
+
+/// A leaf's value, and where its rows are: a row buffer of the [`Grower`] and a span of it.
+type LeafRows = (f64, usize, std::ops::Range<usize>);
 
 /// Adds each leaf's value to the scores of its rows. With `leaf_of` (one place a
 /// row, at most 256 leaves) each row's leaf is noted in a byte and the scores are updated in row
