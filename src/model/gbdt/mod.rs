@@ -21,7 +21,9 @@
 //!   [`Grower::grow`]); for logistic loss only gradient and hessian are summed, the row counts
 //!   per bin being the same every tree. Either way in parallel chunks, added in chunk order.
 //! - Partitioning a leaf reads one column of bins; it is branch-free (the left/right choice is a
-//!   coin toss to the CPU), 16 rows a step with AVX-512.
+//!   coin toss to the CPU), 16 rows a step with AVX-512, and copies nothing back: the right rows
+//!   go to the other of two row buffers (see [`partition`]).
+//! - Squared error keeps no scores: the leaf values are added to the gradients (`score - y`).
 //! - A histogram entry is (gradient, hessian) for squared error, whose hessian sum is the row
 //!   count, and (gradient, hessian, count) for logistic loss; each feature has 256 entries, so a
 //!   byte-sized bin number indexes it without a bounds check. Counts are exact: LightGBM
