@@ -1106,6 +1106,7 @@ impl Grower<'_> {
                 [y, x] => (x, y),
             };
             let span = leaf.start..leaf.end;
+            // Node 0 is the root, whose rows are all rows in order (see `partition`'s `all`).
             let l = partition(
                 b,
                 &mut seg[span.clone()],
@@ -1208,11 +1209,11 @@ impl Grower<'_> {
 /// A leaf's value, and where its rows are: a row buffer of the [`Grower`] and a span of it.
 type LeafRows = (f64, usize, std::ops::Range<usize>);
 
-/// Adds each leaf's value to the scores of its rows. With `leaf_of` (one place a
-/// row, at most 256 leaves) each row's leaf is noted in a byte and the scores are updated in row
-/// order: adding to the scores of each leaf's rows in place was a cache miss a row once the
-/// scores outgrew the cache (10 M customers: 64 MB of scores; the leaf numbers are 8 MB). With an
-/// empty `leaf_of`, in place. Each row gets one addition either way, so the scores are the same.
+/// Adds each leaf's value to the scores of its rows. With `leaf_of` (one place a row, at most 256
+/// leaves) each row's leaf is noted in a byte and the scores are updated in row order: adding to
+/// the scores of each leaf's rows in place was a cache miss a row once the scores outgrew the
+/// cache (10 M customers: 64 MB of scores; the leaf numbers are 8 MB). With an empty `leaf_of`,
+/// in place. Each row gets one addition either way, so the scores are the same.
 fn add_leaf_values(leaves: &[(f64, &[u32])], score: &mut [f64], leaf_of: &mut [u8]) {
     if leaf_of.is_empty() || leaves.len() > 256 {
         for (v, rows) in leaves {
