@@ -175,6 +175,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         storage,
         as_of,
         seed: run.seed.unwrap_or(42),
+        max_concurrent_fits: run.max_concurrent_fits.unwrap_or(0),
         datasets,
         quality,
         models,

@@ -59,6 +59,9 @@ pub struct RunSpec {
     pub stage_retries: Option<u32>,
     #[serde(default)]
     pub retry_backoff: Option<DurationSpec>,
+    /// How many train stages may fit at once; 0 (the default): one per core.
+    #[serde(default)]
+    pub max_concurrent_fits: Option<usize>,
 }
 
 /// A duration: a number of seconds, or a string such as `"90s"`, `"10m"`, `"1h"`.

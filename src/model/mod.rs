@@ -57,6 +57,42 @@ impl Algorithm {
         v.get_mut("params").map(|p| p.take()).unwrap_or_default()
     }
 
+    /// Roughly how much work fitting takes per training row, in passes over one feature of one
+    /// row: an estimate for ordering fits (the engine starts the most expensive first when
+    /// there are more fits than cores), not a prediction of seconds. A boosted tree reads each
+    /// feature of its rows into histograms about once; the logistic loss costs about half as
+    /// much again as squared error (its gradients, hessians and scores; measured at 10 M
+    /// customers: 35.5 s against 23.5 s for the same trees).
+    pub fn work_per_row(&self, task: Task, features: usize) -> f64 {
+        let f = features.max(1) as f64;
+        match self {
+            Algorithm::Gbdt { params } => {
+                let objective = match task {
+                    Task::Binary => 1.5,
+                    Task::Regression => 1.0,
+                };
+                params.n_trees as f64 * (f + 2.0) * objective
+            }
+            // One pass forming XᵀX.
+            Algorithm::Linear { .. } => f * f,
+            Algorithm::Logistic { params } => params.max_iterations as f64 * f,
+            // Each level of each tree sorts the features it tries.
+            Algorithm::RandomForest { params } => {
+                let tried = match (params.max_features, task) {
+                    (0, Task::Binary) => f.sqrt().ceil(),
+                    (0, Task::Regression) => f,
+                    (m, _) => (m as f64).min(f),
+                };
+                let depth = if params.max_depth == 0 {
+                    20.0
+                } else {
+                    params.max_depth as f64
+                };
+                params.n_trees as f64 * tried * depth * 4.0
+            }
+        }
+    }
+
     /// Every problem with the parameters (`params: ...`) or with using this algorithm for
     /// `task` (`algorithm: ...`), relative to the model's section.
     pub fn check(&self, task: Task) -> Vec<String> {

@@ -501,3 +501,60 @@ fn killed_at_every_stage_and_at_random_moments_resumes_to_the_uninterrupted_resu
     );
     assert_eq!(all_outputs(&p, "k"), want, "killed at random moments");
 }
+
+#[test]
+fn fits_beyond_max_concurrent_fits_wait_and_the_most_expensive_starts_first() {
+    let p = Project::new(true);
+    // ltv gets more trees than engagement; churn (logistic loss, 200 trees) costs most.
+    let trees = "models.ltv.params.n_trees=250";
+    let o = p.mlpipe(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--log-format",
+        "json",
+        "--set",
+        "run.max_concurrent_fits=1",
+        "--set",
+        trees,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The two cheaper fits say why they wait.
+    let log = stdout(&o);
+    let waiting: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("waits for a running fit to finish"))
+        .collect();
+    assert_eq!(waiting.len(), 2, "{log}");
+    for s in ["train_ltv", "train_engagement"] {
+        assert!(waiting.iter().any(|w| w.contains(s)), "{s}: {waiting:?}");
+    }
+    let one = p.latest();
+    let m = p.manifest(&one);
+    let at = |s: &str, k: &str| m["stages"][s][k].as_str().unwrap().to_string();
+    let order = ["train_churn", "train_ltv", "train_engagement"];
+    for w in order.windows(2) {
+        // RFC 3339 in UTC with milliseconds: text order is time order.
+        assert!(
+            at(w[1], "started_at") >= at(w[0], "finished_at"),
+            "{} started at {} before {} finished at {}",
+            w[1],
+            at(w[1], "started_at"),
+            w[0],
+            at(w[0], "finished_at")
+        );
+    }
+
+    // The schedule changes when fits run, never what they produce.
+    p.ok(&["run", "--as-of", AS_OF, "--force", "--set", trees]);
+    let all = p.latest();
+    for s in order {
+        let model = |run: &str| {
+            p.outputs(run, s)
+                .into_iter()
+                .find(|(n, _)| n == "model")
+                .unwrap_or_else(|| panic!("{s} has no model output"))
+        };
+        assert_eq!(model(&one), model(&all), "{s}");
+    }
+}
