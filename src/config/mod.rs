@@ -27,7 +27,7 @@ pub struct Pipeline {
     pub storage: Storage,
     pub as_of: Option<DateTime<Utc>>,
     pub seed: u64,
-    /// How many train stages may fit at once (`run.max_concurrent_fits`); 0: one per core.
+    /// How many train stages may fit at once (`run.max_concurrent_fits`); 0: no limit.
     pub max_concurrent_fits: usize,
     pub datasets: IndexMap<String, Dataset>,
     pub quality: Quality,

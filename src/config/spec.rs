@@ -59,7 +59,7 @@ pub struct RunSpec {
     pub stage_retries: Option<u32>,
     #[serde(default)]
     pub retry_backoff: Option<DurationSpec>,
-    /// How many train stages may fit at once; 0 (the default): one per core.
+    /// How many train stages may fit at once; 0 (the default): no limit.
     #[serde(default)]
     pub max_concurrent_fits: Option<usize>,
 }

@@ -396,10 +396,10 @@ fn fingerprint(
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))[..16].to_string()
 }
 
-/// How many train stages may fit at once: `run.max_concurrent_fits`, or one per core.
+/// How many train stages may fit at once: `run.max_concurrent_fits`, or (0) no limit.
 fn fit_slots(p: &Pipeline) -> usize {
     match p.max_concurrent_fits {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => usize::MAX,
         n => n,
     }
 }
@@ -434,10 +434,11 @@ struct Ready {
 }
 
 /// Every ready stage starts, except that at most `slots` train stages fit at once, the most
-/// expensive first. Fits share the cores (each also fills its histograms on the shared thread
-/// pool); with more fits than cores they slow each other down more than they gain, and the
-/// longest fit started last would decide when the training window ends (measured at 10 M
-/// customers on 2 cores: churn beside engagement-then-ltv 64.7 s, all three at once 70-77 s).
+/// expensive first (so the longest fit is not the one left to run alone at the end). Each fit
+/// holds its own binned rows and gradients, so a limit bounds the memory of a pipeline with many
+/// models. It is not the default: on 2 cores the three shipped fits at 10 M customers ended
+/// 4-5 s sooner all at once (61.9-63.3 s) than two at a time (66.4-68.8 s), because the
+/// last fit alone leaves a core idle in its serial parts (docs/PERFORMANCE.md, item 27).
 fn schedule(
     p: &Pipeline,
     m: &Manifest,
@@ -1287,9 +1288,8 @@ mod tests {
     }
 
     #[test]
-    fn fit_slots_default_to_the_cores() {
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(fit_slots(&shipped(&[])), cores);
+    fn fit_slots_default_to_no_limit() {
+        assert_eq!(fit_slots(&shipped(&[])), usize::MAX);
         assert_eq!(fit_slots(&shipped(&[("run.max_concurrent_fits", "1")])), 1);
     }
 }
