@@ -9,11 +9,7 @@
 #   PEER_PYTHON=python                    default: a venv in $BENCH_VENV (created on first use)
 #   RUNS=k                                mlpipe runs per size (median reported; default 1)
 #   SKIP_PEER_ABOVE=N                     run the peer only up to N customers (default: always)
-#   WARM=0                                do not read the input files before each timed run
 #
-# Before each timed run of either tool the input files are read once, so both start with them in
-# the page cache: on these VMs the cache is emptied between runs minutes apart, and at 10 M the
-# cold read of the 0.5 GB of inputs added 3-5 s to whichever tool ran first.
 # Machines here are shared and noisy: quote the ratios, which come from the same session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +35,6 @@ work=${BENCH_WORK:-$(mktemp -d)}
 trap '[ -z "${BENCH_WORK:-}" ] && rm -rf "$work"' EXIT
 
 # metric NAME FILE: a model metric from mlpipe's metrics.json.
-warm() { [ "${WARM:-1}" = 0 ] || find "$1" -name '*.parquet' -exec cat {} + >/dev/null; }
-
 metric() { python3 -c "import json,sys; print('%.4f' % json.load(open(sys.argv[1]))['metrics'][sys.argv[2]])" "$2" "$1"; }
 
 printf '%-9s %-7s %9s %9s %8s %8s %8s\n' rows tool wall_s peak_mb eng_r2 churn_auc ltv_r2
@@ -52,7 +46,6 @@ for n in "${sizes[@]}"; do
   walls=()
   for i in $(seq "$RUNS"); do
     rm -rf "$work/r$n"
-    warm "$data"
     /usr/bin/time -f "%e %M" -o "$work/t" "$BIN" run --force --log-format json \
       --set "storage.data=\"$data\"" --set "storage.artifacts=\"$work/r$n/runs\"" \
       --set "storage.registry=\"$work/r$n/models\"" >"$work/log" 2>&1 || {
@@ -71,7 +64,6 @@ for n in "${sizes[@]}"; do
     echo "$n        peer    (not run: SKIP_PEER_ABOVE=$SKIP_PEER_ABOVE)"
     continue
   fi
-  warm "$data"
   /usr/bin/time -f "%e %M" -o "$work/t" "$PEER_PYTHON" "$PEER" "$data" "$work/peer$n" >"$work/peer.json" 2>"$work/peer.err" || {
     tail -5 "$work/peer.err" >&2; echo "$n        peer    failed (see above)"; continue; }
   read -r peer_w peer_m <"$work/t"
