@@ -199,8 +199,11 @@ pub async fn read_dataset(
         .iter()
         .map(|c| Field::new(&c.name, canonical_type(c.ty), true))
         .collect();
+    // Column by column, each column's pieces freed as soon as it is assembled: the table is
+    // never held twice, and the allocator reuses the pieces' memory for the next column instead
+    // of asking the system for fresh pages (at 10 M customers the load was the run's peak).
     let concatenated: Vec<ArrayRef> = arrays
-        .iter()
+        .into_iter()
         .map(|parts| {
             let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
             arrow::compute::concat(&refs)
