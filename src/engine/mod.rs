@@ -1199,6 +1199,7 @@ mod tests {
         }
         assert_eq!(m.invocations, 9);
     }
+
     /// The shipped pipeline with `--set` overrides.
     fn shipped(set: &[(&str, &str)]) -> Pipeline {
         let ov = crate::config::compile::Overrides {
