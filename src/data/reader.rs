@@ -1,12 +1,17 @@
 //! The streaming Parquet reader: lists a dataset's files through a [`Store`], reads only the
 //! declared columns of each (column projection), adapts every batch to the declared schema and
-//! concatenates the result.
+//! appends it to the dataset's columns, file by file.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, ArrayRef, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::array::{
+    new_null_array, ArrayRef, AsArray, BooleanBuilder, PrimitiveBuilder, StringArray, StringBuilder,
+};
+use arrow::datatypes::{
+    DataType, Date32Type, Field, Float64Type, Int32Type, Int64Type, Schema,
+    TimestampMicrosecondType,
+};
 use arrow::record_batch::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 #[allow(deprecated)] // see docs/ARCHITECTURE.md: replaced when a spawned reader is needed
@@ -16,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::adapt::{adapt, canonical_type};
 use super::Table;
-use crate::config::{Column, Dataset};
+use crate::config::{Column, ColumnType, Dataset};
 use crate::error::{Error, Result};
 use crate::storage::{join_url, ObjectInfo, Store};
 
@@ -179,19 +184,30 @@ pub async fn read_dataset(
             .await
         }
     });
-    let per_file: Vec<FileColumns> = futures::stream::iter(reads)
-        .buffered(FILES_IN_FLIGHT)
-        .try_collect()
-        .await?;
-
-    // Concatenate the files column by column, shifting unparseable row numbers.
-    let mut arrays: Vec<Vec<ArrayRef>> = vec![Vec::new(); columns.len()];
-    let mut bad: Vec<Vec<u32>> = vec![Vec::new(); columns.len()];
+    // Each file's columns are appended to the dataset's as the file arrives (in order), and its
+    // decoded pieces are then dropped: at most FILES_IN_FLIGHT files' pieces are alive beside
+    // the table, and the allocator reuses their memory for the next files.
+    let mut per_file = futures::stream::iter(reads).buffered(FILES_IN_FLIGHT);
+    let mut assembly: Option<Assembly> = None;
     let mut offset = 0u32;
-    for (cols, unparseable, rows) in per_file {
-        for (i, a) in cols.into_iter().enumerate() {
-            arrays[i].extend(a);
-            bad[i].extend(unparseable[i].iter().map(|r| r + offset));
+    let mut bad: Vec<Vec<u32>> = vec![Vec::new(); columns.len()];
+    // The columns are sized from the first file, scaled by the files' sizes with a tenth to
+    // spare, so they are not copied as they grow unless the files differ a lot. An overestimate
+    // costs address space, not memory (pages never written are not taken); it is capped at four
+    // times the files' count.
+    let total_bytes: u64 = located.files.iter().map(|f| f.size).sum();
+    let scale = (1.1 * total_bytes.max(1) as f64 / located.files[0].size.max(1) as f64)
+        .min(4.0 * located.files.len() as f64);
+    while let Some((cols, unparseable, rows)) = per_file.try_next().await? {
+        let assembly = assembly.get_or_insert_with(|| Assembly::new(&columns, &cols, rows, scale));
+        assembly.append(cols).map_err(|e| {
+            Error::Infra(format!(
+                "dataset `{}`: cannot assemble columns: {e}",
+                ds.name
+            ))
+        })?;
+        for (b, u) in bad.iter_mut().zip(unparseable) {
+            b.extend(u.iter().map(|r| r + offset));
         }
         offset += rows as u32;
     }
@@ -199,23 +215,8 @@ pub async fn read_dataset(
         .iter()
         .map(|c| Field::new(&c.name, canonical_type(c.ty), true))
         .collect();
-    // Column by column, each column's pieces freed as soon as it is assembled: the table is
-    // never held twice, and the allocator reuses the pieces' memory for the next column instead
-    // of asking the system for fresh pages (at 10 M customers the load was the run's peak).
-    let concatenated: Vec<ArrayRef> = arrays
-        .into_iter()
-        .map(|parts| {
-            let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
-            arrow::compute::concat(&refs)
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| {
-            Error::Infra(format!(
-                "dataset `{}`: cannot assemble columns: {e}",
-                ds.name
-            ))
-        })?;
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), concatenated)
+    let assembled = assembly.expect("at least one file was read").finish();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), assembled)
         .map_err(|e| Error::Infra(format!("dataset `{}`: {e}", ds.name)))?;
     let unparseable = columns
         .iter()
@@ -232,6 +233,104 @@ pub async fn read_dataset(
 
 /// Per column the file's pieces of it and its unparseable rows; the file's row count.
 type FileColumns = (Vec<Vec<ArrayRef>>, Vec<Vec<u32>>, usize);
+
+/// A dataset's columns, built up file by file: one builder a column, sized up front.
+struct Assembly(Vec<Growing>);
+
+/// One column being built, by canonical type ([`canonical_type`]).
+enum Growing {
+    Utf8(StringBuilder),
+    Bool(BooleanBuilder),
+    Int32(PrimitiveBuilder<Int32Type>),
+    Int64(PrimitiveBuilder<Int64Type>),
+    Float64(PrimitiveBuilder<Float64Type>),
+    Date32(PrimitiveBuilder<Date32Type>),
+    Timestamp(PrimitiveBuilder<TimestampMicrosecondType>),
+}
+
+impl Assembly {
+    /// Builders for `columns` with room for `scale` times the first file's rows and text.
+    fn new(columns: &[Column], first: &[Vec<ArrayRef>], rows: usize, scale: f64) -> Self {
+        let room = |n: usize| (n as f64 * scale).ceil() as usize;
+        let builders = columns
+            .iter()
+            .zip(first)
+            .map(|(c, pieces)| match canonical_type(c.ty) {
+                DataType::Utf8 => {
+                    let bytes: usize = pieces
+                        .iter()
+                        .filter_map(|p| p.as_string_opt::<i32>())
+                        .map(|s| {
+                            s.value_offsets().last().copied().unwrap_or(0) as usize
+                                - s.value_offsets().first().copied().unwrap_or(0) as usize
+                        })
+                        .sum();
+                    Growing::Utf8(StringBuilder::with_capacity(room(rows), room(bytes)))
+                }
+                DataType::Boolean => Growing::Bool(BooleanBuilder::with_capacity(room(rows))),
+                DataType::Int32 => Growing::Int32(PrimitiveBuilder::with_capacity(room(rows))),
+                DataType::Int64 => Growing::Int64(PrimitiveBuilder::with_capacity(room(rows))),
+                DataType::Float64 => Growing::Float64(PrimitiveBuilder::with_capacity(room(rows))),
+                DataType::Date32 => Growing::Date32(PrimitiveBuilder::with_capacity(room(rows))),
+                t @ DataType::Timestamp(..) => Growing::Timestamp(
+                    PrimitiveBuilder::with_capacity(room(rows)).with_data_type(t),
+                ),
+                t => unreachable!("no column has canonical type {t}"),
+            })
+            .collect();
+        Assembly(builders)
+    }
+
+    /// Appends one file's pieces of every column, in order.
+    fn append(&mut self, file: Vec<Vec<ArrayRef>>) -> std::result::Result<(), String> {
+        for (g, pieces) in self.0.iter_mut().zip(file) {
+            for p in &pieces {
+                g.append(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<ArrayRef> {
+        self.0.into_iter().map(Growing::finish).collect()
+    }
+}
+
+impl Growing {
+    fn append(&mut self, a: &ArrayRef) -> std::result::Result<(), String> {
+        let mismatch = || format!("internal: a piece of type {} in a column", a.data_type());
+        match self {
+            Growing::Utf8(b) => b
+                .append_array(a.as_string_opt::<i32>().ok_or_else(mismatch)?)
+                .map_err(|e| e.to_string())?,
+            Growing::Bool(b) => b.append_array(a.as_boolean_opt().ok_or_else(mismatch)?),
+            Growing::Int32(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
+            Growing::Int64(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
+            Growing::Float64(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
+            Growing::Date32(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
+            Growing::Timestamp(b) => {
+                // The builder asserts the time zone is the same.
+                if a.data_type() != &canonical_type(ColumnType::Timestamp) {
+                    return Err(mismatch());
+                }
+                b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?)
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Growing::Utf8(mut b) => Arc::new(b.finish()),
+            Growing::Bool(mut b) => Arc::new(b.finish()),
+            Growing::Int32(mut b) => Arc::new(b.finish()),
+            Growing::Int64(mut b) => Arc::new(b.finish()),
+            Growing::Float64(mut b) => Arc::new(b.finish()),
+            Growing::Date32(mut b) => Arc::new(b.finish()),
+            Growing::Timestamp(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
 
 async fn read_file(
     ds: &Dataset,
@@ -402,6 +501,112 @@ async fn read_parquet_unguarded(store: &Store, rel: &str) -> Result<RecordBatch>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files appended one by one give the columns one concatenation of all their pieces gives,
+    /// nulls and sliced pieces included, whether the first file's estimate leaves room to spare
+    /// or far too little (the builders then grow).
+    #[test]
+    fn files_assembled_one_by_one_equal_one_concatenation() {
+        use arrow::array::{
+            Array, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array,
+            TimestampMicrosecondArray,
+        };
+        let decl = |name: &str, ty: &str| Column {
+            name: name.into(),
+            ty: ColumnType::parse(ty).unwrap(),
+            nullable: true,
+            min: None,
+            max: None,
+            values: None,
+        };
+        let columns = vec![
+            decl("id", "string"),
+            decl("flag", "bool"),
+            decl("n", "int32"),
+            decl("big", "int64"),
+            decl("x", "float64"),
+            decl("day", "date"),
+            decl("at", "timestamp"),
+        ];
+        // A file of `n` rows starting at row `from`, each column as two pieces, the second a
+        // slice of a larger array; every seventh value null.
+        let file = |from: usize, n: usize| -> Vec<Vec<ArrayRef>> {
+            let v = |i: usize| (i % 7 != 3).then_some(i);
+            let col = |f: &dyn Fn(std::ops::Range<usize>) -> ArrayRef| {
+                let cut = n / 3;
+                let whole = f(from + cut - 2..from + n + 5);
+                vec![f(from..from + cut), whole.slice(2, n - cut)]
+            };
+            vec![
+                col(&|r| {
+                    Arc::new(
+                        r.map(|i| v(i).map(|i| format!("c{i}")))
+                            .collect::<StringArray>(),
+                    )
+                }),
+                col(&|r| {
+                    Arc::new(
+                        r.map(|i| v(i).map(|i| i % 2 == 0))
+                            .collect::<BooleanArray>(),
+                    )
+                }),
+                col(&|r| Arc::new(r.map(|i| v(i).map(|i| i as i32)).collect::<Int32Array>())),
+                col(&|r| {
+                    Arc::new(
+                        r.map(|i| v(i).map(|i| i as i64 * 3))
+                            .collect::<Int64Array>(),
+                    )
+                }),
+                col(&|r| {
+                    Arc::new(
+                        r.map(|i| v(i).map(|i| i as f64 / 8.0))
+                            .collect::<Float64Array>(),
+                    )
+                }),
+                col(&|r| Arc::new(r.map(|i| v(i).map(|i| i as i32)).collect::<Date32Array>())),
+                col(&|r| {
+                    Arc::new(
+                        r.map(|i| v(i).map(|i| i as i64 * 1000))
+                            .collect::<TimestampMicrosecondArray>()
+                            .with_timezone("UTC"),
+                    )
+                }),
+            ]
+        };
+        let files = [
+            file(0, 1000),
+            file(1000, 3000),
+            file(4000, 10),
+            file(4010, 500),
+        ];
+        for scale in [6.0, 0.01] {
+            let mut a = Assembly::new(&columns, &files[0], 1000, scale);
+            for f in &files {
+                a.append(f.clone()).unwrap();
+            }
+            let got = a.finish();
+            for (c, got) in got.iter().enumerate() {
+                let pieces: Vec<&dyn Array> = files
+                    .iter()
+                    .flat_map(|f| f[c].iter().map(|p| p.as_ref()))
+                    .collect();
+                let want = arrow::compute::concat(&pieces).unwrap();
+                assert_eq!(got.len(), 4510);
+                assert_eq!(got.data_type(), &canonical_type(columns[c].ty));
+                assert_eq!(got.to_data(), want.to_data(), "column {}", columns[c].name);
+                assert_eq!(got.null_count(), want.null_count());
+            }
+        }
+        // A piece of another type is an error, not a panic.
+        let mut a = Assembly::new(&columns, &files[0], 1000, 1.0);
+        let mut wrong = files[0].clone();
+        wrong.swap(2, 3);
+        assert!(a.append(wrong).unwrap_err().contains("internal"));
+        let mut naive = files[0].clone();
+        naive[6] = vec![Arc::new(TimestampMicrosecondArray::from(vec![1i64])) as ArrayRef];
+        let mut a = Assembly::new(&columns, &files[0], 1000, 1.0);
+        assert!(a.append(naive).is_err());
+    }
 
     #[test]
     fn globs() {
