@@ -62,7 +62,10 @@ fn kernels(c: &mut Criterion) {
     });
     g.bench_function("parquet_write", |b| {
         b.iter(|| {
-            black_box(mlpipe::data::writer::to_parquet(std::slice::from_ref(&table.batch)).unwrap())
+            black_box(
+                mlpipe::data::writer::to_parquet_chunks(std::slice::from_ref(&table.batch))
+                    .unwrap(),
+            )
         })
     });
     // The booster on the default pipeline's features, 50 trees (the default pipeline uses 200).

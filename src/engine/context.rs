@@ -8,6 +8,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
+use object_store::PutPayload;
 use sha2::{Digest, Sha256};
 
 use super::faults::Faults;
@@ -82,20 +83,35 @@ impl StageCtx {
     }
 
     /// Writes one output atomically and records it (with its SHA-256) for the manifest.
-    pub async fn write(&self, name: &str, file: &str, bytes: Bytes) -> Result<OutputRecord> {
+    pub async fn write(
+        &self,
+        name: &str,
+        file: &str,
+        bytes: impl Into<PutPayload>,
+    ) -> Result<OutputRecord> {
         use tracing::Instrument;
+        let bytes = bytes.into();
         let path = self.output_path(file);
-        let span = tracing::info_span!("write", file = %path, bytes = bytes.len());
+        let span = tracing::info_span!("write", file = %path, bytes = bytes.content_length());
         self.write_inner(name, path, bytes).instrument(span).await
     }
 
-    async fn write_inner(&self, name: &str, path: String, bytes: Bytes) -> Result<OutputRecord> {
+    async fn write_inner(
+        &self,
+        name: &str,
+        path: String,
+        bytes: PutPayload,
+    ) -> Result<OutputRecord> {
         // The digest is taken on a blocking thread while the bytes are stored: both are serial
         // passes over the whole file (a clean table at 10 M customers is hundreds of MB).
-        let len = bytes.len() as u64;
+        let len = bytes.content_length() as u64;
         let digest = {
             let b = bytes.clone();
-            tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&b)))
+            tokio::task::spawn_blocking(move || {
+                let mut h = Sha256::new();
+                b.iter().for_each(|piece| h.update(piece));
+                hex::encode(h.finalize())
+            })
         };
         let (sha256, stored) = tokio::join!(digest, self.shared.artifacts.put(&path, bytes));
         stored?;
@@ -144,14 +160,15 @@ impl StageCtx {
         batch: RecordBatch,
     ) -> Result<OutputRecord> {
         let b = batch.clone();
-        let bytes = tokio::task::spawn_blocking(move || crate::data::writer::to_parquet(&[b]))
-            .await
-            .map_err(|e| {
-                Error::Infra(format!(
-                    "stage `{}`: writer task failed: {e}",
-                    self.stage.name
-                ))
-            })??;
+        let bytes =
+            tokio::task::spawn_blocking(move || crate::data::writer::to_parquet_chunks(&[b]))
+                .await
+                .map_err(|e| {
+                    Error::Infra(format!(
+                        "stage `{}`: writer task failed: {e}",
+                        self.stage.name
+                    ))
+                })??;
         self.count_rows_out(batch.num_rows());
         let rec = self.write(name, file, bytes).await?;
         self.shared

@@ -528,7 +528,9 @@ impl ManifestWriter {
                 (true, Some(t)) => Some(t.as_str()),
                 // Stored, but the backend gives no e-tags: nothing to compare with.
                 (true, None) => {
-                    self.artifacts.put(&self.path(), v.into()).await?;
+                    self.artifacts
+                        .put(&self.path(), bytes::Bytes::from(v))
+                        .await?;
                     self.landed = true;
                     return Ok(r);
                 }

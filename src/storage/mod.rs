@@ -220,9 +220,9 @@ impl Store {
     }
 
     /// Writes a whole object atomically: readers see the old object or the new one, never a part.
-    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+    pub async fn put(&self, rel: &str, bytes: impl Into<PutPayload>) -> Result<()> {
         self.inner
-            .put(&self.path(rel), PutPayload::from_bytes(bytes))
+            .put(&self.path(rel), bytes.into())
             .await
             .map_err(|e| fail("write", &self.url_of(rel), &e))?;
         Ok(())
