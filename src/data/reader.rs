@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::adapt::{adapt, canonical_type};
 use super::Table;
-use crate::config::{Column, ColumnType, Dataset};
+use crate::config::{Column, Dataset};
 use crate::error::{Error, Result};
 use crate::storage::{join_url, ObjectInfo, Store};
 
@@ -234,10 +234,11 @@ pub async fn read_dataset(
 /// Per column the file's pieces of it and its unparseable rows; the file's row count.
 type FileColumns = (Vec<Vec<ArrayRef>>, Vec<Vec<u32>>, usize);
 
-/// A dataset's columns, built up file by file: one builder a column, sized up front.
-struct Assembly(Vec<Growing>);
+/// A dataset's columns, built up file by file: one builder a column, sized up front, with the
+/// column's canonical type ([`canonical_type`]).
+struct Assembly(Vec<(DataType, Growing)>);
 
-/// One column being built, by canonical type ([`canonical_type`]).
+/// One column being built.
 enum Growing {
     Utf8(StringBuilder),
     Bool(BooleanBuilder),
@@ -255,36 +256,51 @@ impl Assembly {
         let builders = columns
             .iter()
             .zip(first)
-            .map(|(c, pieces)| match canonical_type(c.ty) {
-                DataType::Utf8 => {
-                    let bytes: usize = pieces
-                        .iter()
-                        .filter_map(|p| p.as_string_opt::<i32>())
-                        .map(|s| {
-                            s.value_offsets().last().copied().unwrap_or(0) as usize
-                                - s.value_offsets().first().copied().unwrap_or(0) as usize
-                        })
-                        .sum();
-                    Growing::Utf8(StringBuilder::with_capacity(room(rows), room(bytes)))
-                }
-                DataType::Boolean => Growing::Bool(BooleanBuilder::with_capacity(room(rows))),
-                DataType::Int32 => Growing::Int32(PrimitiveBuilder::with_capacity(room(rows))),
-                DataType::Int64 => Growing::Int64(PrimitiveBuilder::with_capacity(room(rows))),
-                DataType::Float64 => Growing::Float64(PrimitiveBuilder::with_capacity(room(rows))),
-                DataType::Date32 => Growing::Date32(PrimitiveBuilder::with_capacity(room(rows))),
-                t @ DataType::Timestamp(..) => Growing::Timestamp(
-                    PrimitiveBuilder::with_capacity(room(rows)).with_data_type(t),
-                ),
-                t => unreachable!("no column has canonical type {t}"),
+            .map(|(c, pieces)| {
+                let ty = canonical_type(c.ty);
+                let builder = match &ty {
+                    DataType::Utf8 => {
+                        let bytes: usize = pieces
+                            .iter()
+                            .filter_map(|p| p.as_string_opt::<i32>())
+                            .map(|s| {
+                                s.value_offsets().last().copied().unwrap_or(0) as usize
+                                    - s.value_offsets().first().copied().unwrap_or(0) as usize
+                            })
+                            .sum();
+                        Growing::Utf8(StringBuilder::with_capacity(room(rows), room(bytes)))
+                    }
+                    DataType::Boolean => Growing::Bool(BooleanBuilder::with_capacity(room(rows))),
+                    DataType::Int32 => Growing::Int32(PrimitiveBuilder::with_capacity(room(rows))),
+                    DataType::Int64 => Growing::Int64(PrimitiveBuilder::with_capacity(room(rows))),
+                    DataType::Float64 => {
+                        Growing::Float64(PrimitiveBuilder::with_capacity(room(rows)))
+                    }
+                    DataType::Date32 => {
+                        Growing::Date32(PrimitiveBuilder::with_capacity(room(rows)))
+                    }
+                    DataType::Timestamp(..) => Growing::Timestamp(
+                        PrimitiveBuilder::with_capacity(room(rows)).with_data_type(ty.clone()),
+                    ),
+                    t => unreachable!("no column has canonical type {t}"),
+                };
+                (ty, builder)
             })
             .collect();
         Assembly(builders)
     }
 
-    /// Appends one file's pieces of every column, in order.
+    /// Appends one file's pieces of every column, in order. A piece of another type than its
+    /// column's is an error (the builders would panic on it).
     fn append(&mut self, file: Vec<Vec<ArrayRef>>) -> std::result::Result<(), String> {
-        for (g, pieces) in self.0.iter_mut().zip(file) {
+        for ((ty, g), pieces) in self.0.iter_mut().zip(file) {
             for p in &pieces {
+                if p.data_type() != ty {
+                    return Err(format!(
+                        "internal: a piece of type {} in a column of type {ty}",
+                        p.data_type()
+                    ));
+                }
                 g.append(p)?;
             }
         }
@@ -292,29 +308,21 @@ impl Assembly {
     }
 
     fn finish(self) -> Vec<ArrayRef> {
-        self.0.into_iter().map(Growing::finish).collect()
+        self.0.into_iter().map(|(_, g)| g.finish()).collect()
     }
 }
 
 impl Growing {
+    /// Appends a piece already known to have the column's type.
     fn append(&mut self, a: &ArrayRef) -> std::result::Result<(), String> {
-        let mismatch = || format!("internal: a piece of type {} in a column", a.data_type());
         match self {
-            Growing::Utf8(b) => b
-                .append_array(a.as_string_opt::<i32>().ok_or_else(mismatch)?)
-                .map_err(|e| e.to_string())?,
-            Growing::Bool(b) => b.append_array(a.as_boolean_opt().ok_or_else(mismatch)?),
-            Growing::Int32(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
-            Growing::Int64(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
-            Growing::Float64(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
-            Growing::Date32(b) => b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?),
-            Growing::Timestamp(b) => {
-                // The builder asserts the time zone is the same.
-                if a.data_type() != &canonical_type(ColumnType::Timestamp) {
-                    return Err(mismatch());
-                }
-                b.append_array(a.as_primitive_opt().ok_or_else(mismatch)?)
-            }
+            Growing::Utf8(b) => b.append_array(a.as_string()).map_err(|e| e.to_string())?,
+            Growing::Bool(b) => b.append_array(a.as_boolean()),
+            Growing::Int32(b) => b.append_array(a.as_primitive()),
+            Growing::Int64(b) => b.append_array(a.as_primitive()),
+            Growing::Float64(b) => b.append_array(a.as_primitive()),
+            Growing::Date32(b) => b.append_array(a.as_primitive()),
+            Growing::Timestamp(b) => b.append_array(a.as_primitive()),
         }
         Ok(())
     }
@@ -501,6 +509,7 @@ async fn read_parquet_unguarded(store: &Store, rel: &str) -> Result<RecordBatch>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ColumnType;
 
     /// Files appended one by one give the columns one concatenation of all their pieces gives,
     /// nulls and sliced pieces included, whether the first file's estimate leaves room to spare
