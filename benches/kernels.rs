@@ -161,6 +161,28 @@ fn kernels(c: &mut Criterion) {
             )
         })
     });
+    // The same tests as the drift stage runs them: a column of few distinct values is counted,
+    // not sorted (all 11 here; the generator rounds its continuous values).
+    g.bench_function("ks_11_features_counted", |b| {
+        use mlpipe::stats::ks::{ks_2samp, ks_2samp_counted, Counted};
+        use rayon::prelude::*;
+        b.iter(|| {
+            black_box(
+                pairs
+                    .par_iter()
+                    .map(|(a, c)| {
+                        match (
+                            Counted::of(a.iter().copied(), 1 << 16),
+                            Counted::of(c.iter().copied(), 1 << 16),
+                        ) {
+                            (Some(a), Some(c)) => ks_2samp_counted(&a, &c),
+                            _ => ks_2samp(a, c),
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+    });
 
     // The fairness bootstrap: counting rows per kind (group, selected, truth), then 100
     // resamples drawn as multinomial counts of those kinds.

@@ -2,6 +2,8 @@
 //! features: the two-sample KS test (statistic and p-value as scipy's `ks_2samp`); categorical
 //! features: PSI and the chi-square test of the category counts. Predictions: KS between each
 //! model's scores of `current` (from a score stage before this one) and its holdout predictions.
+//! Numeric columns of few distinct values are counted rather than sorted (`ks::Counted`: the
+//! same statistic and p-value, bit for bit).
 //! A feature or prediction drifts when its KS statistic exceeds `ks_threshold` (0.1, the seeds'
 //! threshold) or its PSI exceeds `psi_threshold`; the dataset drifts when any does.
 //! Writes `drift.json`.
@@ -24,6 +26,30 @@ fn numbers(b: &RecordBatch, col: &str) -> Option<Vec<f64>> {
     crate::data::extend_numbers(a.as_ref(), |x| !x.is_nan(), &mut v).ok()?;
     crate::stats::sort_f64(&mut v);
     Some(v)
+}
+
+/// Distinct values a column may have for the KS test to count them instead of sorting them.
+const COUNTED_LIMIT: usize = 1 << 16;
+
+/// A numeric column's values counted (see [`ks::Counted`]), when it has few distinct ones.
+fn counted(b: &RecordBatch, col: &str) -> Option<ks::Counted> {
+    let a = b.column_by_name(col)?;
+    let f = arrow::compute::cast(a, &DataType::Float64).ok()?;
+    let f = f.as_primitive::<arrow::datatypes::Float64Type>();
+    ks::Counted::of(f.iter().flatten().filter(|x| !x.is_nan()), COUNTED_LIMIT)
+}
+
+/// The KS test of a numeric column of the reference and current tables: counted when both
+/// sides have few distinct values, else sorted.
+fn ks_numeric(r: &RecordBatch, c: &RecordBatch, col: &str) -> Option<ks::KsResult> {
+    if let (Some(a), Some(b)) = (counted(r, col), counted(c, col)) {
+        return ks::ks_2samp_counted(&a, &b);
+    }
+    let (a, b) = (
+        numbers(r, col).unwrap_or_default(),
+        numbers(c, col).unwrap_or_default(),
+    );
+    ks::ks_2samp_sorted(&a, &b)
 }
 
 fn counts(
@@ -79,8 +105,7 @@ pub async fn run(
             .map(|f| {
                 let numeric = ds.column(f).is_some_and(|col| col.ty.is_numeric());
                 if numeric {
-                    let (a, b) = (numbers(&rr, f).unwrap_or_default(), numbers(&cc, f).unwrap_or_default());
-                    match ks::ks_2samp_sorted(&a, &b) {
+                    match ks_numeric(&rr, &cc, f) {
                         Some(k) => {
                             let drifted = k.statistic > ks_threshold;
                             (f.clone(), serde_json::json!({ "type": "numeric", "ks": k.statistic, "p_value": k.p_value, "exact": k.exact, "drifted": drifted }), drifted)

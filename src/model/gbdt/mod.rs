@@ -31,6 +31,7 @@
 //! - Scoring: see [`predict`].
 
 mod predict;
+mod search;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -208,19 +209,20 @@ fn exp_approx(x: f64) -> f64 {
 /// (eight rows at a time where the CPU has AVX-512; the same IEEE operations, so the same bits,
 /// either way). The hessian is kept above 1e-16, as LightGBM keeps it.
 fn logistic_gradients(gh: &mut [Gh], score: &[f64], y: &[f64]) {
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     gh.par_chunks_mut(8192)
         .zip(score.par_chunks(8192))
         .zip(y.par_chunks(8192))
-        .for_each(|((gh, s), y)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // SAFETY: the CPU has AVX-512 F.
-                return unsafe { logistic_gradients_avx512(gh, s, y) };
-            }
-            logistic_gradients_plain(gh, s, y)
-        });
+        .for_each(|((gh, s), y)| logistic_gradients_chunk(gh, s, y));
+}
+
+/// [`logistic_gradients`] of one chunk of rows, on the calling thread.
+fn logistic_gradients_chunk(gh: &mut [Gh], score: &[f64], y: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { logistic_gradients_avx512(gh, score, y) };
+    }
+    logistic_gradients_plain(gh, score, y)
 }
 
 #[inline(always)]
@@ -309,13 +311,14 @@ impl Grad for f64 {
     }
 }
 
-/// A histogram entry: a bin's gradient and hessian sums, and for logistic loss (N = 3) its row
-/// count. Squared error uses N = 2: its hessian is 1, so the hessian sum is the count.
+/// A histogram entry: a bin's gradient and hessian sums, and for logistic loss (N = 4) its row
+/// count and a zero, so that a row is added to an entry with one 256-bit addition (see
+/// [`add_row`]). Squared error uses N = 2: its hessian is 1, so the hessian sum is the count.
 type Entry<const N: usize> = [f64; N];
 
 /// Where an entry of `N` values keeps the row count: the hessian for squared error (N = 2),
-/// the third value for logistic loss (N = 3).
-const COUNT: [usize; 4] = [0, 0, 1, 2];
+/// the third value for logistic loss (N = 4, or 3).
+const COUNT: [usize; 5] = [0, 0, 1, 2, 2];
 
 /// One feature's histogram. A bin number is a byte, so 256 entries need no bounds check.
 type FeatureHist<const N: usize> = [Entry<N>; 256];
@@ -342,15 +345,22 @@ struct Leaf<const N: usize> {
     node: usize,
 }
 
-/// Features bucketed once: a row-major matrix of bin numbers (one byte per feature), so that one
-/// pass over a leaf's rows fills every feature's histogram.
+/// Features bucketed once: a row-major matrix of bin numbers (one byte per bundle of features,
+/// see [`bundles`]), so that one pass over a leaf's rows fills every feature's histogram.
 struct Binned {
-    /// `row_major[r * stride + f]` is the bin of row `r` in feature `f`; bytes past the last
-    /// feature are padding.
+    /// `row_major[r * stride + k]` is row `r`'s cell in bundle `k`: the bins of the bundle's
+    /// features in mixed radix, the first feature's bin the least significant digit. Bytes past
+    /// the last bundle are padding.
     row_major: Vec<u8>,
-    /// Bytes per row: 16 or 32 when there are that few features, so that the histogram loop has
-    /// a fixed length and unrolls (the padding fills a scratch histogram); else the feature count.
+    /// Bytes per row: 16 or 32 when there are that few bundles, so that a row's bins are one
+    /// aligned load; else the bundle count.
     stride: usize,
+    /// Histogram slots filled per row: the bundle count rounded up to an even number (see
+    /// [`fill`]; the padding slot fills a scratch histogram).
+    width: usize,
+    /// Features whose bins share a byte of `row_major`, each bundle's features in increasing
+    /// order.
+    bundles: Vec<Vec<usize>>,
     /// The same bins feature by feature (`columns[f * n + r]`): partitioning a leaf reads one
     /// feature of its rows, from a column that fits the second-level cache.
     columns: Vec<u8>,
@@ -388,9 +398,8 @@ fn bin_columns(
                     return Err(format!("feature {f} has {} rows, not {n}", x.len()));
                 }
                 let b = bin_bounds(x, max_bins);
-                for (c, v) in col.iter_mut().zip(x) {
-                    *c = b.partition_point(|ub| *ub < *v).min(b.len() - 1) as u8;
-                }
+                // The first bin whose bound is not below the value (NaN: bin 0).
+                search::Sorted::new(&b).count_below(x, col, 0, (b.len() - 1) as u8);
                 Ok(b)
             })
             .collect::<Result<_, String>>()?
@@ -398,15 +407,66 @@ fn bin_columns(
     Ok((columns, bounds))
 }
 
+/// Features whose bins can share one byte: the product of their bin counts is at most 256.
+/// Greedily, fewest bins first (ties by feature), each feature joins the current bundle while the
+/// product allows, else starts the next one; bundles are listed by their first feature.
+///
+/// A histogram pass adds a row's gradient once per bundle instead of once per feature, and
+/// each feature's histogram is then summed from its bundle's cells ([`marginals`]): in the
+/// default pipeline the four categorical features share one byte (240 cells) and four small
+/// counts share two, so 15 features take 10 additions a row instead of 15. This is LightGBM's
+/// idea of bundling features (for features that are never zero together, there) applied to
+/// features with few values.
+fn bundles(bounds: &[Vec<f64>]) -> Vec<Vec<usize>> {
+    let mut by_bins: Vec<usize> = (0..bounds.len()).collect();
+    by_bins.sort_by_key(|&f| (bounds[f].len(), f));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cells = usize::MAX;
+    for f in by_bins {
+        let nb = bounds[f].len();
+        match out.last_mut() {
+            Some(b) if cells * nb <= 256 => {
+                b.push(f);
+                cells *= nb;
+            }
+            _ => {
+                out.push(vec![f]);
+                cells = nb;
+            }
+        }
+    }
+    for b in &mut out {
+        b.sort_unstable();
+    }
+    out.sort_unstable();
+    out
+}
+
 impl Binned {
-    /// The row-major copy of `columns` (see [`bin_columns`]).
+    /// The row-major copy of `columns` (see [`bin_columns`]), a byte per bundle of features.
     fn new(columns: Vec<u8>, bounds: Vec<Vec<f64>>, n: usize) -> Binned {
         let nf = bounds.len();
-        let stride = match nf {
+        let bundles = bundles(&bounds);
+        let nb = bundles.len();
+        let stride = match nb {
             0..=16 => 16,
             17..=32 => 32,
-            _ => nf,
+            _ => nb,
         };
+        // Each bundle's features with their place values.
+        let digits: Vec<Vec<(usize, usize)>> = bundles
+            .iter()
+            .map(|b| {
+                let mut place = 1;
+                b.iter()
+                    .map(|&f| {
+                        let d = (f, place);
+                        place *= bounds[f].len();
+                        d
+                    })
+                    .collect()
+            })
+            .collect();
         let mut row_major = big_vec(n * stride, 0u8);
         row_major
             .par_chunks_mut(stride * 4096)
@@ -414,23 +474,55 @@ impl Binned {
             .for_each(|(k, chunk)| {
                 let base = k * 4096;
                 for (j, row) in chunk.chunks_mut(stride).enumerate() {
-                    for (f, b) in row[..nf].iter_mut().enumerate() {
-                        *b = columns[f * n + base + j];
+                    for (cell, digits) in row[..nb].iter_mut().zip(&digits) {
+                        *cell = digits
+                            .iter()
+                            .map(|&(f, place)| usize::from(columns[f * n + base + j]) * place)
+                            .sum::<usize>() as u8;
                     }
                     // Padding bins vary from row to row: a bin added to in every row would
                     // chain each row's update to the previous one's store.
-                    row[nf..].fill((base + j) as u8);
+                    row[nb..].fill((base + j) as u8);
                 }
             });
         Binned {
             row_major,
             stride,
+            width: (nb + nb % 2).min(stride),
+            bundles,
             columns,
             n,
             n_features: nf,
             bounds,
         }
     }
+}
+
+/// Every feature's histogram from a histogram of bundle cells (`flat`, [`FILL_STRIDE`] entries a
+/// bundle): a feature alone in its bundle takes its entries as they are; a feature sharing a
+/// bundle sums, for each of its bins, the cells that hold that bin, in cell order.
+fn marginals<const M: usize>(b: &Binned, flat: &[Entry<M>]) -> Vec<FeatureHist<M>> {
+    let mut out = vec![[[0.0; M]; 256]; b.n_features];
+    for (k, members) in b.bundles.iter().enumerate() {
+        let cells = &flat[k * FILL_STRIDE..k * FILL_STRIDE + 256];
+        if let [f] = members[..] {
+            out[f].copy_from_slice(cells);
+            continue;
+        }
+        let size: usize = members.iter().map(|&f| b.bounds[f].len()).product();
+        for (c, e) in cells[..size].iter().enumerate() {
+            let mut rest = c;
+            for &f in members {
+                let nb = b.bounds[f].len();
+                let o = &mut out[f][rest % nb];
+                rest /= nb;
+                for (o, e) in o.iter_mut().zip(e) {
+                    *o += e;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// How many features [`row_order`] sorts the rows by.
@@ -550,11 +642,15 @@ fn big_vec<T: Clone>(n: usize, value: T) -> Vec<T> {
 /// Rows per histogram task: enough work per task, few partial histograms to add up.
 const HIST_CHUNK: usize = 32 * 1024;
 
-/// The rows of a leaf: all rows in order (the root), or a list.
+/// The rows of a leaf: all rows in order (the root), or a list. `Span(start, len)` is the rows
+/// `start..start + len` with their gradients in a slice of their own (`gh[r - start]`), for a
+/// pass that computes a chunk's gradients and adds them up while they are in the cache (see
+/// [`logistic_root`]); [`fill`] takes it as one chunk.
 #[derive(Clone, Copy)]
 enum Rows<'a> {
     All(usize),
     List(&'a [u32]),
+    Span(usize, usize),
 }
 
 impl Rows<'_> {
@@ -562,6 +658,7 @@ impl Rows<'_> {
         match self {
             Rows::All(n) => *n,
             Rows::List(l) => l.len(),
+            Rows::Span(_, len) => *len,
         }
     }
 }
@@ -586,31 +683,42 @@ fn prefetch<T>(p: &T) {
 /// small numbers (flat histogram and explicit SIMD together: 9 → 7 ns a row at the root).
 const FILL_STRIDE: usize = 260;
 
-/// Adds one row's gradient and hessian, and for `M` = 3 one to the count, to the entries of its
-/// `W` bins in `flat` (feature `f`'s entry for bin `b` at `f * FILL_STRIDE + b`).
+/// Adds one row's gradient and hessian, and for `M` >= 3 one to the count, to the entries of its
+/// `W` bins in `flat` (feature `f`'s entry for bin `b` at `f * FILL_STRIDE + b`). With `AVX` and
+/// `M` = 4, (gradient, hessian, 1, 0) is added to an entry with one 256-bit addition instead of
+/// a 128-bit and a scalar one.
 ///
 /// # Safety
-/// `flat` has at least `W * FILL_STRIDE` entries.
+/// `flat` has at least `W * FILL_STRIDE` entries; with `AVX` the CPU has AVX.
 #[inline(always)]
-unsafe fn add_row<const M: usize, const W: usize, G: Grad>(
+unsafe fn add_row<const M: usize, const W: usize, G: Grad, const AVX: bool>(
     flat: &mut [Entry<M>],
     bins: &[u8; W],
     gh: G,
 ) {
-    debug_assert!(flat.len() >= W * FILL_STRIDE && (2..=3).contains(&M));
+    debug_assert!(flat.len() >= W * FILL_STRIDE && (2..=4).contains(&M));
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of x86_64; `f * FILL_STRIDE + bin < W * FILL_STRIDE`, within `flat`
-    // by the caller's promise, and an entry has M >= 2 values. One 128-bit add of (g, h) is two
-    // IEEE additions, as the scalar code below does them.
+    // SAFETY: SSE2 is part of x86_64, and AVX is there when the caller says so;
+    // `f * FILL_STRIDE + bin < W * FILL_STRIDE`, within `flat` by the caller's promise, and an
+    // entry has M >= 2 values (4 for the 256-bit add). A 128-bit add of (g, h) is two IEEE
+    // additions, as the scalar code below does them, and the 256-bit one four.
     unsafe {
         use std::arch::x86_64::*;
         let [g, h] = gh.pair();
-        let g = _mm_set_pd(h, g);
         let base = flat.as_mut_ptr().cast::<f64>();
+        if AVX && M == 4 {
+            let g = _mm256_set_pd(0.0, 1.0, h, g);
+            for f in 0..W {
+                let e = base.add((f * FILL_STRIDE + bins[f] as usize) * M);
+                _mm256_storeu_pd(e, _mm256_add_pd(_mm256_loadu_pd(e), g));
+            }
+            return;
+        }
+        let g = _mm_set_pd(h, g);
         for f in 0..W {
             let e = base.add((f * FILL_STRIDE + bins[f] as usize) * M);
             _mm_storeu_pd(e, _mm_add_pd(_mm_loadu_pd(e), g));
-            if M == 3 {
+            if M >= 3 {
                 *e.add(2) += 1.0;
             }
         }
@@ -622,67 +730,79 @@ unsafe fn add_row<const M: usize, const W: usize, G: Grad>(
             let e = &mut flat[f * FILL_STRIDE + bins[f] as usize];
             e[0] += gh[0];
             e[1] += gh[1];
-            if M == 3 {
+            if M >= 3 {
                 e[2] += 1.0;
             }
         }
     }
 }
 
-/// The histogram of the rows of chunk `k` of `rows`, for rows of `W` bins. The loops are written
-/// out rather than shared through a closure: the compiler called such a closure once a row.
-fn fill<const M: usize, const W: usize, G: Grad>(
+/// The histogram of bundle cells of the rows of chunk `k` of `rows`, for `W` slots a row (the
+/// bundles and their padding, [`Binned::width`]). The loops are written out rather than shared
+/// through a closure: the compiler called such a closure once a row.
+///
+/// # Safety
+/// With `AVX` the CPU has AVX.
+#[inline(always)]
+unsafe fn fill<const M: usize, const W: usize, G: Grad, const AVX: bool>(
     b: &Binned,
     rows: Rows,
     gh: &[G],
     k: usize,
-) -> Vec<FeatureHist<M>> {
+) -> Vec<Entry<M>> {
     let mut flat = vec![[0.0; M]; W * FILL_STRIDE];
+    let stride = b.stride;
+    assert!(W <= stride);
     let row = |r: usize| -> &[u8; W] {
-        b.row_major[r * W..(r + 1) * W]
+        b.row_major[r * stride..r * stride + W]
             .try_into()
-            .expect("rows of W bins")
+            .expect("rows of at least W bins")
     };
     match rows {
         Rows::All(n) => {
             for r in k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n) {
-                // SAFETY: `flat` has W * FILL_STRIDE entries.
-                unsafe { add_row(&mut flat, row(r), gh[r]) };
+                // SAFETY: `flat` has W * FILL_STRIDE entries; AVX as the caller promised.
+                unsafe { add_row::<M, W, G, AVX>(&mut flat, row(r), gh[r]) };
+            }
+        }
+        Rows::Span(start, len) => {
+            for (i, &g) in gh[..len].iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { add_row::<M, W, G, AVX>(&mut flat, row(start + i), g) };
             }
         }
         Rows::List(l) => {
             let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
             for (i, &r) in chunk.iter().enumerate() {
                 if let Some(&ahead) = chunk.get(i + PREFETCH) {
-                    prefetch(&b.row_major[ahead as usize * W]);
+                    prefetch(&b.row_major[ahead as usize * stride]);
                     prefetch(&gh[ahead as usize]);
                 }
                 // SAFETY: as above.
-                unsafe { add_row(&mut flat, row(r as usize), gh[r as usize]) };
+                unsafe { add_row::<M, W, G, AVX>(&mut flat, row(r as usize), gh[r as usize]) };
             }
         }
     }
-    unflatten(&flat, W)
+    flat
 }
 
-/// Feature histograms out of a flat one with `FILL_STRIDE` entries a feature.
-fn unflatten<const M: usize>(flat: &[Entry<M>], features: usize) -> Vec<FeatureHist<M>> {
-    (0..features)
-        .map(|f| {
-            flat[f * FILL_STRIDE..f * FILL_STRIDE + 256]
-                .try_into()
-                .expect("256 entries")
-        })
-        .collect()
-}
-
-/// [`fill`] for any number of features.
-fn fill_any<const M: usize, G: Grad>(
+/// [`fill`] compiled for AVX, for the 256-bit additions of 4-value entries.
+///
+/// # Safety
+/// The CPU has AVX.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx"))]
+unsafe fn fill_avx<const M: usize, const W: usize, G: Grad>(
     b: &Binned,
     rows: Rows,
     gh: &[G],
     k: usize,
-) -> Vec<FeatureHist<M>> {
+) -> Vec<Entry<M>> {
+    // SAFETY: the caller's promise.
+    unsafe { fill::<M, W, G, true>(b, rows, gh, k) }
+}
+
+/// [`fill`] for any number of features.
+fn fill_any<const M: usize, G: Grad>(b: &Binned, rows: Rows, gh: &[G], k: usize) -> Vec<Entry<M>> {
     let w = b.stride;
     let mut flat = vec![[0.0; M]; w * FILL_STRIDE];
     let mut add = |r: usize| {
@@ -691,13 +811,29 @@ fn fill_any<const M: usize, G: Grad>(
             let e = &mut flat[f * FILL_STRIDE + bin as usize];
             e[0] += gh[0];
             e[1] += gh[1];
-            if M == 3 {
+            if M >= 3 {
                 e[2] += 1.0;
             }
         }
     };
     match rows {
         Rows::All(n) => (k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n)).for_each(add),
+        Rows::Span(start, len) => {
+            for i in 0..len {
+                let gh = gh[i].pair();
+                for (f, &bin) in b.row_major[(start + i) * w..(start + i + 1) * w]
+                    .iter()
+                    .enumerate()
+                {
+                    let e = &mut flat[f * FILL_STRIDE + bin as usize];
+                    e[0] += gh[0];
+                    e[1] += gh[1];
+                    if M >= 3 {
+                        e[2] += 1.0;
+                    }
+                }
+            }
+        }
         Rows::List(l) => {
             let chunk = &l[k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(l.len())];
             for (i, &r) in chunk.iter().enumerate() {
@@ -709,68 +845,148 @@ fn fill_any<const M: usize, G: Grad>(
             }
         }
     }
-    unflatten(&flat, w)
+    flat
 }
 
 /// The histogram of every feature over `rows`: gradient and hessian summed per bin, and for
 /// `M` = 3 the rows counted.
 fn build_hist<const M: usize, G: Grad>(b: &Binned, rows: Rows, gh: &[G]) -> Vec<FeatureHist<M>> {
-    let fill = |k: usize| {
-        let mut h = match b.stride {
-            16 => fill::<M, 16, G>(b, rows, gh, k),
-            32 => fill::<M, 32, G>(b, rows, gh, k),
-            _ => fill_any::<M, G>(b, rows, gh, k),
-        };
-        // The padding's scratch histograms.
-        h.truncate(b.n_features);
-        h
-    };
+    let fill = |k: usize| fill_chunk::<M, G>(b, rows, gh, k);
     let chunks = rows.len().div_ceil(HIST_CHUNK);
     if chunks <= 1 {
-        return fill(0);
+        return marginals(b, &fill(0));
     }
     // Partial histograms in chunk order, added in that order: the sums do not depend on how the
     // work was scheduled, so training stays deterministic.
-    let parts: Vec<Vec<FeatureHist<M>>> = (0..chunks).into_par_iter().map(fill).collect();
+    let parts: Vec<Vec<Entry<M>>> = (0..chunks).into_par_iter().map(fill).collect();
+    marginals(b, &add_in_order(parts))
+}
+
+/// Histograms of bundle cells added up in the order given.
+fn add_in_order<const M: usize>(parts: Vec<Vec<Entry<M>>>) -> Vec<Entry<M>> {
     let mut parts = parts.into_iter();
     let mut out = parts.next().unwrap_or_default();
     for p in parts {
         for (o, e) in out.iter_mut().zip(&p) {
-            for (o, e) in o.iter_mut().zip(e) {
-                for k in 0..M {
-                    o[k] += e[k];
-                }
+            for k in 0..M {
+                o[k] += e[k];
             }
         }
     }
     out
 }
 
-/// The root's histogram of logistic loss: gradient and hessian sums over all rows, and the row
-/// counts, which are the same for every tree (`counts`, from the first).
-fn root_with_counts<const N: usize, G: Grad>(
+/// The histogram of bundle cells of chunk `k` of `rows` ([`fill`] for the rows' width, compiled
+/// for AVX where that helps).
+fn fill_chunk<const M: usize, G: Grad>(
     b: &Binned,
+    rows: Rows,
     gh: &[G],
+    k: usize,
+) -> Vec<Entry<M>> {
+    #[cfg(target_arch = "x86_64")]
+    let avx = M == 4 && std::arch::is_x86_feature_detected!("avx");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx = false;
+    macro_rules! widths {
+        ($k:expr, $($w:literal, $s:literal);*) => {
+            match (b.width, b.stride) {
+                $(
+                    // SAFETY: `fill_avx` only where the CPU has AVX; `fill` without it.
+                    ($w, $s) if avx => unsafe { fill_avx::<M, $w, G>(b, rows, gh, $k) },
+                    ($w, $s) => unsafe { fill::<M, $w, G, false>(b, rows, gh, $k) },
+                )*
+                _ => fill_any::<M, G>(b, rows, gh, $k),
+            }
+        };
+    }
+    widths!(k, 2, 16; 4, 16; 6, 16; 8, 16; 10, 16; 12, 16; 14, 16; 16, 16; 32, 32)
+}
+
+/// Logistic loss's gradients at each row's score (into `gh`), the root's histogram of them, and
+/// their sums, in one pass: each chunk of rows has its gradients computed and added up while
+/// they are in the cache, instead of a pass that writes them and another that reads them back.
+/// The row counts per bin are the same for every tree: the first tree's histogram counts them
+/// (into `counts`), the later ones add gradient and hessian only.
+fn logistic_root(
+    b: &Binned,
+    gh: &mut [Gh],
+    score: &[f64],
+    y: &[f64],
     counts: &mut Vec<[f64; 256]>,
-) -> Vec<FeatureHist<N>> {
+) -> (Vec<FeatureHist<4>>, f64, f64) {
     let n = gh.len();
     if counts.is_empty() {
-        let h = build_hist::<N, G>(b, Rows::All(n), gh);
+        logistic_gradients(gh, score, y);
+        let h = build_hist::<4, Gh>(b, Rows::All(n), gh);
         *counts = h
             .iter()
-            .map(|fh| std::array::from_fn(|bin| fh[bin][COUNT[N]]))
+            .map(|fh| std::array::from_fn(|bin| fh[bin][COUNT[4]]))
             .collect();
-        return h;
+        let (gs, hs) = grad_sums(gh);
+        return (h, gs, hs);
     }
-    build_hist::<2, G>(b, Rows::All(n), gh)
+    // The same chunks as `build_hist` and `grad_sums`, added in the same order.
+    let parts: Vec<(Vec<Entry<2>>, (f64, f64))> = gh
+        .par_chunks_mut(HIST_CHUNK)
+        .zip(score.par_chunks(HIST_CHUNK))
+        .zip(y.par_chunks(HIST_CHUNK))
+        .enumerate()
+        .map(|(k, ((gh, s), y))| {
+            logistic_gradients_chunk(gh, s, y);
+            let flat = fill_chunk::<2, Gh>(b, Rows::Span(k * HIST_CHUNK, gh.len()), gh, 0);
+            (flat, chunk_sums(gh))
+        })
+        .collect();
+    let (gs, hs) = parts
+        .iter()
+        .fold((0.0, 0.0), |(g, h), (_, (cg, ch))| (g + cg, h + ch));
+    let hist = marginals(b, &add_in_order(parts.into_iter().map(|p| p.0).collect()));
+    let hist = hist
         .iter()
         .zip(counts.iter())
         .map(|(fh, c)| {
             std::array::from_fn(|bin| {
-                std::array::from_fn(|k| if k < 2 { fh[bin][k] } else { c[bin] })
+                std::array::from_fn(|k| match k {
+                    0 | 1 => fh[bin][k],
+                    2 => c[bin],
+                    _ => 0.0,
+                })
             })
         })
-        .collect()
+        .collect();
+    (hist, gs, hs)
+}
+
+/// The sums of all rows' gradients and hessians. Each chunk of [`HIST_CHUNK`] rows keeps eight
+/// running sums, so that its additions vectorise instead of waiting on one another (one running
+/// sum was a chain of dependent additions a row each tree), and the chunks' sums are added in
+/// chunk order: the same numbers however the chunks were scheduled.
+fn grad_sums<G: Grad>(gh: &[G]) -> (f64, f64) {
+    gh.par_chunks(HIST_CHUNK)
+        .map(chunk_sums)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0.0), |(g, h), (cg, ch)| (g + cg, h + ch))
+}
+
+/// The gradient and hessian sums of one chunk of [`grad_sums`].
+fn chunk_sums<G: Grad>(c: &[G]) -> (f64, f64) {
+    let (mut g, mut h) = ([0.0; 8], [0.0; 8]);
+    let mut rows = c.chunks_exact(8);
+    for w in &mut rows {
+        for k in 0..8 {
+            let e = w[k].pair();
+            g[k] += e[0];
+            h[k] += e[1];
+        }
+    }
+    for (k, e) in rows.remainder().iter().enumerate() {
+        let e = e.pair();
+        g[k] += e[0];
+        h[k] += e[1];
+    }
+    (g.iter().sum::<f64>(), h.iter().sum::<f64>())
 }
 
 /// The best split of a leaf with `n` rows.
@@ -871,7 +1087,6 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
         p,
         bufs: [big_vec(n, 0), big_vec(n, 0)],
         leaf_of: big_vec(if p.num_leaves <= 256 { n } else { 0 }, 0),
-        root_counts: Vec::new(),
     };
     match objective {
         Objective::SquaredError => {
@@ -885,7 +1100,8 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
             // The root's histogram, carried from tree to tree (see `grow`).
             let mut root = Vec::new();
             for _ in 0..p.n_trees {
-                let (tree, leaves) = grower.grow::<2, f64>(&g, &mut importance, Some(&mut root));
+                let (tree, leaves) =
+                    grower.grow::<2, f64>(&g, &mut importance, Root::Carried(&mut root));
                 grower.add_leaf_values(&leaves, &mut g);
                 trees.push(tree);
             }
@@ -893,9 +1109,11 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
         Objective::Logistic => {
             let mut score = big_vec(n, init_score);
             let mut gh: Vec<Gh> = big_vec(n, [0.0, 1.0]);
+            let mut counts = Vec::new();
             for _ in 0..p.n_trees {
-                logistic_gradients(&mut gh, &score, y);
-                let (tree, leaves) = grower.grow::<3, Gh>(&gh, &mut importance, None);
+                let (hist, gs, hs) = logistic_root(&binned, &mut gh, &score, y, &mut counts);
+                let root = Root::Given(hist, gs, hs);
+                let (tree, leaves) = grower.grow::<4, Gh>(&gh, &mut importance, root);
                 grower.add_leaf_values(&leaves, &mut score);
                 trees.push(tree);
             }
@@ -1028,15 +1246,21 @@ struct Grower<'a> {
     bufs: [Vec<u32>; 2],
     /// Each row's leaf in the tree just grown, when there are at most 256 leaves (else empty).
     leaf_of: Vec<u8>,
-    /// Logistic loss: each feature's row count per bin over all rows (see [`root_with_counts`]).
-    root_counts: Vec<[f64; 256]>,
+}
+
+/// Where a tree's root histogram comes from.
+enum Root<'a, const N: usize> {
+    /// Squared error: carried from tree to tree (see [`Grower::grow`]); empty before the first.
+    Carried(&'a mut Vec<FeatureHist<N>>),
+    /// Built with the gradients, with their sums (see [`logistic_root`]).
+    Given(Vec<FeatureHist<N>>, f64, f64),
 }
 
 impl Grower<'_> {
     /// Grows one tree on the gradients `gh`; returns it and its leaves' values and rows (buffer,
     /// span), for [`Grower::add_leaf_values`].
     ///
-    /// `root` (squared error only) carries the root's histogram between trees. For squared
+    /// `Root::Carried` (squared error) carries the root's histogram between trees. For squared
     /// error a row's gradient is `score - y`, so when a tree adds `v` to the score of a leaf's
     /// rows, a bin's gradient sum grows by `v` times the leaf's rows in that bin, which the leaf's
     /// histogram counts: the next root histogram is this one plus those products, and the pass
@@ -1045,23 +1269,21 @@ impl Grower<'_> {
         &mut self,
         gh: &[G],
         importance: &mut [f64],
-        mut root: Option<&mut Vec<FeatureHist<N>>>,
+        mut root: Root<'_, N>,
     ) -> (Tree, Vec<LeafRows>) {
         let (b, p) = (self.b, self.p);
         let n = gh.len();
-        let (gs, hs) = gh.iter().fold((0.0, 0.0), |(g, h), e| {
-            let e = e.pair();
-            (g + e[0], h + e[1])
-        });
-        let hist = match root.as_deref_mut() {
-            Some(r) if !r.is_empty() => r.clone(),
-            Some(r) => {
-                *r = build_hist::<N, G>(b, Rows::All(n), gh);
-                r.clone()
+        let (gs, hs, hist) = match &mut root {
+            Root::Carried(r) => {
+                if r.is_empty() {
+                    **r = build_hist::<N, G>(b, Rows::All(n), gh);
+                }
+                let (gs, hs) = grad_sums(gh);
+                (gs, hs, r.clone())
             }
-            None if N == 3 => root_with_counts(b, gh, &mut self.root_counts),
-            None => build_hist::<N, G>(b, Rows::All(n), gh),
+            Root::Given(h, gs, hs) => (*gs, *hs, std::mem::take(h)),
         };
+        let carried = matches!(root, Root::Carried(_));
         let split = best_split(&b.bounds, &hist, gs, hs, n, p);
         let mut tree = Tree {
             feature: vec![0],
@@ -1142,7 +1364,7 @@ impl Grower<'_> {
                 split,
                 node,
             };
-            if leaves.len() + 2 == p.num_leaves && root.is_none() {
+            if leaves.len() + 2 == p.num_leaves && !carried {
                 // The last split: its children stay leaves, and without a carried root
                 // histogram to update nothing needs theirs.
                 leaves.push(child(buf_l, leaf.start, mid, gl, hl, Vec::new(), None, ln));
@@ -1184,7 +1406,7 @@ impl Grower<'_> {
             let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
             tree.value[leaf.node] = v;
             values.push((v, leaf.buf, leaf.start..leaf.end));
-            if let Some(root) = root.as_deref_mut() {
+            if let Root::Carried(root) = &mut root {
                 // Squared error: entry [gradient sum, row count] (N = 2).
                 for (rf, lf) in root.iter_mut().zip(&leaf.hist) {
                     for (re, le) in rf.iter_mut().zip(lf) {
@@ -1451,57 +1673,155 @@ mod tests {
         assert_eq!(bits(&in_order), bits(&in_place));
     }
 
+    /// Whether `got` is `want` up to the order its terms were added in.
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= 1e-12 * want.abs().max(1.0)
+    }
+
     #[test]
     fn histograms_are_the_plain_sums_for_every_row_width() {
-        // 2, 20 and 40 features: rows of 16 and 32 bins, and the any-width path.
+        // 2, 9, 20 and 40 features: the features of few bins share bytes (see `bundles`), and
+        // the rest make rows of 16 and 32 bins and the any-width path.
         let mut rng = crate::generate::Rng::new(11);
-        for nf in [2usize, 20, 40] {
+        let bins = |f: usize| [3, 43, 4, 200, 5, 2, 250, 7, 6][f % 9] + f / 9;
+        for nf in [2usize, 9, 20, 40] {
             let n = 5_000;
             let cols: Vec<Vec<f64>> = (0..nf)
                 .map(|f| {
                     (0..n)
-                        .map(|_| (rng.uniform() * (3 + 40 * f) as f64).floor())
+                        .map(|_| (rng.uniform() * bins(f) as f64).floor())
                         .collect()
                 })
                 .collect();
             let x: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
             let b = bin_features(&x.as_slice(), n, 255).unwrap();
+            assert!(b.bundles.len() < nf, "{nf} features: nothing bundled");
             let gh: Vec<Gh> = (0..n).map(|_| [rng.normal(), rng.uniform()]).collect();
             let list: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < 0.4).collect();
             for rows in [Rows::All(n), Rows::List(&list)] {
                 let all: Vec<usize> = match rows {
                     Rows::All(n) => (0..n).collect(),
                     Rows::List(l) => l.iter().map(|&r| r as usize).collect(),
+                    Rows::Span(..) => unreachable!(),
                 };
+                let h4 = build_hist::<4, Gh>(&b, rows, &gh);
                 let h3 = build_hist::<3, Gh>(&b, rows, &gh);
                 let h2 = build_hist::<2, Gh>(&b, rows, &gh);
                 // Squared error's gradients alone, hessian 1.
                 let g: Vec<f64> = gh.iter().map(|e| e[0]).collect();
                 let g2 = build_hist::<2, f64>(&b, rows, &g);
-                assert_eq!(h3.len(), nf);
+                assert_eq!(h4.len(), nf);
                 for f in 0..nf {
+                    let alone = b.bundles.iter().any(|m| m[..] == [f]);
                     let mut want = [[0.0f64; 3]; 256];
-                    let mut want_g = [[0.0f64; 2]; 256];
                     for &r in &all {
                         let bin = b.columns[f * n + r] as usize;
                         let e = &mut want[bin];
                         e[0] += gh[r][0];
                         e[1] += gh[r][1];
                         e[2] += 1.0;
-                        want_g[bin][0] += gh[r][0];
-                        want_g[bin][1] += 1.0;
                     }
                     for bin in 0..256 {
-                        assert_eq!(
-                            h3[f][bin], want[bin],
-                            "{nf} features, feature {f}, bin {bin}"
-                        );
-                        assert_eq!(h2[f][bin], [want[bin][0], want[bin][1]]);
-                        assert_eq!(g2[f][bin], want_g[bin]);
+                        let case = format!("{nf} features, feature {f}, bin {bin}");
+                        // 256-bit and 128-bit additions give the same sums; counts are exact.
+                        assert_eq!(h4[f][bin][..3], h3[f][bin], "{case}");
+                        assert_eq!(h4[f][bin][3], 0.0, "{case}");
+                        assert_eq!(h3[f][bin][2], want[bin][2], "{case}");
+                        assert_eq!(h2[f][bin], [h3[f][bin][0], h3[f][bin][1]], "{case}");
+                        assert_eq!(g2[f][bin][1], want[bin][2], "{case}");
+                        if alone {
+                            // In row order, as the rows were added.
+                            assert_eq!(h3[f][bin], want[bin], "{case}");
+                            assert_eq!(g2[f][bin][0], want[bin][0], "{case}");
+                        } else {
+                            // Cell by cell, then the cells of each bin.
+                            assert!(close(h3[f][bin][0], want[bin][0]), "{case}");
+                            assert!(close(h3[f][bin][1], want[bin][1]), "{case}");
+                            assert!(close(g2[f][bin][0], want[bin][0]), "{case}");
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn features_with_few_bins_share_a_byte() {
+        // Bin counts as the default pipeline's features have them: four categories, small counts
+        // and continuous values.
+        let counts = [73, 4, 5, 4, 3, 91, 55, 255, 73, 21, 10, 6, 255, 255, 9];
+        let bounds: Vec<Vec<f64>> = counts
+            .iter()
+            .map(|&c| {
+                (1..c)
+                    .map(|v| v as f64 + 0.5)
+                    .chain([f64::INFINITY])
+                    .collect()
+            })
+            .collect();
+        let b = bundles(&bounds);
+        // Fewest bins first: the four categories (3 × 4 × 4 × 5 = 240 cells), then 6 × 9 and
+        // 10 × 21; every other feature alone.
+        let mut want: Vec<Vec<usize>> = vec![vec![1, 2, 3, 4], vec![11, 14], vec![9, 10]];
+        want.extend([0, 5, 6, 7, 8, 12, 13].map(|f| vec![f]));
+        want.sort_unstable();
+        assert_eq!(b, want);
+        // The rows of a matrix in these bins: each feature's histogram out of the cells is its
+        // own histogram.
+        let mut rng = crate::generate::Rng::new(19);
+        let n = 3_000;
+        let cols: Vec<Vec<f64>> = counts
+            .iter()
+            .map(|&c| (0..n).map(|_| rng.below(c) as f64).collect())
+            .collect();
+        let x: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+        let binned = bin_features(&x.as_slice(), n, 255).unwrap();
+        assert_eq!(binned.bundles.len(), 10);
+        assert_eq!(binned.width, 10);
+        let gh: Vec<Gh> = (0..n).map(|_| [rng.normal(), 1.0]).collect();
+        let h = build_hist::<3, Gh>(&binned, Rows::All(n), &gh);
+        for (f, col) in cols.iter().enumerate() {
+            let mut want = [[0.0f64; 3]; 256];
+            for (r, v) in col.iter().enumerate() {
+                let bin = binned.bounds[f].partition_point(|ub| ub < v);
+                assert_eq!(binned.columns[f * n + r] as usize, bin);
+                want[bin][0] += gh[r][0];
+                want[bin][1] += 1.0;
+                want[bin][2] += 1.0;
+            }
+            for bin in 0..256 {
+                assert!(close(h[f][bin][0], want[bin][0]), "feature {f}, bin {bin}");
+                assert_eq!(h[f][bin][1..], want[bin][1..], "feature {f}, bin {bin}");
+            }
+        }
+    }
+
+    #[test]
+    fn logistic_root_is_the_gradients_and_their_histogram() {
+        // The pass that computes each chunk's gradients and adds them up gives what computing
+        // them all and then building the root's histogram gives, bit for bit.
+        let mut rng = crate::generate::Rng::new(29);
+        let n = 2 * HIST_CHUNK + 1234;
+        let cols: Vec<Vec<f64>> = [4usize, 200, 6]
+            .iter()
+            .map(|&c| (0..n).map(|_| rng.below(c) as f64).collect())
+            .collect();
+        let x: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+        let b = bin_features(&x.as_slice(), n, 255).unwrap();
+        let y: Vec<f64> = (0..n)
+            .map(|_| f64::from(u8::from(rng.uniform() < 0.3)))
+            .collect();
+        let mut counts = Vec::new();
+        let mut gh = vec![[0.0, 1.0]; n];
+        let first = logistic_root(&b, &mut gh, &vec![0.1; n], &y, &mut counts);
+        assert_eq!(first.0, build_hist::<4, Gh>(&b, Rows::All(n), &gh));
+        let score: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let (hist, gs, hs) = logistic_root(&b, &mut gh, &score, &y, &mut counts);
+        let mut want = vec![[0.0, 1.0]; n];
+        logistic_gradients(&mut want, &score, &y);
+        assert_eq!(gh, want);
+        assert_eq!(hist, build_hist::<4, Gh>(&b, Rows::All(n), &want));
+        assert_eq!((gs, hs), grad_sums(&want));
     }
 
     #[test]

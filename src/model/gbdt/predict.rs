@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::search::Sorted;
 use super::{Booster, Tree};
 
 /// Rows scored together.
@@ -120,6 +121,8 @@ const NAN_RANK: u8 = 255;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Ranked {
     cuts: Vec<Vec<f64>>,
+    /// `cuts`, for counting how many lie below a value.
+    sorted: Vec<Sorted>,
     trees: Vec<RankTree>,
 }
 
@@ -131,16 +134,22 @@ struct RankTree {
     feature: [u8; BLOCK],
     rank: [u8; BLOCK],
     left: [u8; BLOCK],
-    value: [f64; BLOCK],
-    /// The features this tree splits on.
-    used: Vec<u8>,
-    depth: usize,
+    /// Each leaf node's number among the leaves (at most 32: a tree of 64 nodes has 32 leaves).
+    leaf: [u8; BLOCK],
+    /// The leaves' values by leaf number.
+    value: [f64; LEAVES],
+    /// `levels[d]`: the features split on by the internal nodes at depth `d`. After `d` steps
+    /// every row is at such a node or at a leaf, so step `d` reads only these features' ranks.
+    levels: Vec<Vec<u8>>,
 }
+
+/// The most leaves a tree of [`BLOCK`] nodes has.
+const LEAVES: usize = BLOCK / 2;
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Ranked {
-    /// `None` when the booster does not fit the layout: a tree of more than 64 nodes, children
-    /// not in pairs, a NaN threshold, more than 254 distinct thresholds on a feature, or more
+    /// `None` when the booster does not fit the layout: a tree of more than 64 nodes or 32 leaves,
+    /// children not in pairs or numbered before their parent, a NaN threshold, more than 254 distinct thresholds on a feature, or more
     /// than 255 features.
     fn new(b: &Booster, n_features: usize) -> Option<Ranked> {
         if n_features > 255 {
@@ -148,13 +157,20 @@ impl Ranked {
         }
         let mut cuts: Vec<Vec<f64>> = vec![Vec::new(); n_features];
         for t in &b.trees {
-            if t.left.len() > BLOCK {
+            let m = t.left.len();
+            if m > BLOCK || t.left.iter().filter(|l| **l < 0).count() > LEAVES {
                 return None;
             }
-            for i in 0..t.left.len() {
+            for i in 0..m {
                 if t.left[i] >= 0 {
-                    let f = t.feature[i] as usize;
-                    if f >= n_features || t.right[i] != t.left[i] + 1 || t.threshold[i].is_nan() {
+                    let (f, l) = (t.feature[i] as usize, t.left[i] as usize);
+                    // Children after their parent, so that depths are known in node order.
+                    if f >= n_features
+                        || l <= i
+                        || l + 1 >= m
+                        || t.right[i] != t.left[i] + 1
+                        || t.threshold[i].is_nan()
+                    {
                         return None;
                     }
                     cuts[f].push(t.threshold[i]);
@@ -176,28 +192,44 @@ impl Ranked {
                     feature: [0; BLOCK],
                     rank: [NAN_RANK; BLOCK],
                     left: [0; BLOCK],
-                    value: [0.0; BLOCK],
-                    used: Vec::new(),
-                    depth: t.depth(),
+                    leaf: [0; BLOCK],
+                    value: [0.0; LEAVES],
+                    levels: Vec::new(),
                 };
+                // Nodes by depth from the root, to collect each depth's features.
+                let mut depth = vec![0usize; t.left.len()];
+                let mut leaves = 0;
                 for i in 0..t.left.len() {
-                    r.value[i] = t.value[i];
                     if t.left[i] >= 0 {
                         let f = t.feature[i] as usize;
                         r.feature[i] = f as u8;
                         r.rank[i] = cuts[f].partition_point(|c| *c < t.threshold[i]) as u8;
                         r.left[i] = t.left[i] as u8;
-                        if !r.used.contains(&(f as u8)) {
-                            r.used.push(f as u8);
+                        let (l, d) = (t.left[i] as usize, depth[i]);
+                        depth[l] = d + 1;
+                        depth[l + 1] = d + 1;
+                        if r.levels.len() <= d {
+                            r.levels.resize(d + 1, Vec::new());
+                        }
+                        if !r.levels[d].contains(&(f as u8)) {
+                            r.levels[d].push(f as u8);
                         }
                     } else {
                         r.left[i] = i as u8;
+                        r.leaf[i] = leaves as u8;
+                        r.value[leaves] = t.value[i];
+                        leaves += 1;
                     }
                 }
                 r
             })
             .collect();
-        Some(Ranked { cuts, trees })
+        let sorted = cuts.iter().map(|c| Sorted::new(c)).collect();
+        Some(Ranked {
+            cuts,
+            sorted,
+            trees,
+        })
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -216,12 +248,18 @@ impl Ranked {
                     for (g, block) in rows.chunks(BLOCK).enumerate() {
                         let base = base + g * BLOCK;
                         let ranks = &mut ranks[g * nf..(g + 1) * nf];
-                        for ((col, cuts), r) in x.iter().zip(&self.cuts).zip(ranks) {
+                        for (((col, cuts), sorted), r) in
+                            x.iter().zip(&self.cuts).zip(&self.sorted).zip(ranks)
+                        {
                             // A feature no tree splits on is never read.
                             if !cuts.is_empty() {
-                                for (r, v) in r.iter_mut().zip(&col[base..base + block.len()]) {
-                                    *r = rank(*v, cuts);
-                                }
+                                let m = block.len();
+                                sorted.count_below(
+                                    &col[base..base + m],
+                                    &mut r[..m],
+                                    NAN_RANK,
+                                    NAN_RANK,
+                                );
                             }
                         }
                     }
@@ -230,16 +268,6 @@ impl Ranked {
                 }
             });
         out
-    }
-}
-
-/// The number of cuts below `v` (NaN: [`NAN_RANK`]).
-#[inline]
-fn rank(v: f64, cuts: &[f64]) -> u8 {
-    if v.is_nan() {
-        NAN_RANK
-    } else {
-        cuts.partition_point(|c| *c < v) as u8
     }
 }
 
@@ -261,6 +289,13 @@ mod simd {
     /// Adds every tree's leaf value to `out` (at most `GROUP` blocks of 64 rows);
     /// `ranks[g * nf + f][j]` is the rank of row `j` of block `g` in feature `f`.
     ///
+    /// A step of a block: three byte permutes give each row's node's feature, threshold rank and
+    /// left child; the row's rank in its node's feature is picked from the ranks of the features
+    /// of this depth's nodes only (one feature: no picking; several: one masked load each, joined
+    /// by OR, the masks being disjoint); a compare and an add move the row on. At the end each
+    /// row's leaf number indexes the leaf values, eight rows at a time (two-register permutes of
+    /// 16 values), and the values are added to the rows' scores in tree order, as before.
+    ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VBMI ([`available`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
@@ -268,30 +303,74 @@ mod simd {
         // SAFETY (loads and stores): every pointer is to a 64-byte array.
         let load = |p: &[u8; BLOCK]| unsafe { _mm512_loadu_si512(p.as_ptr().cast()) };
         let one = _mm512_set1_epi8(1);
-        let mut at = [[0u8; BLOCK]; GROUP];
+        let blocks = out.len().div_ceil(BLOCK);
+        debug_assert!(blocks <= GROUP && ranks.len() >= blocks * nf);
         for t in trees {
             let (feature, rank, left) = (load(&t.feature), load(&t.rank), load(&t.left));
             let mut node = [_mm512_setzero_si512(); GROUP];
-            for _ in 0..t.depth {
-                for (g, node) in node.iter_mut().enumerate() {
-                    let f = _mm512_permutexvar_epi8(*node, feature);
+            for level in &t.levels {
+                for (g, node) in node.iter_mut().enumerate().take(blocks) {
+                    let ranks = &ranks[g * nf..(g + 1) * nf];
                     let k = _mm512_permutexvar_epi8(*node, rank);
                     let l = _mm512_permutexvar_epi8(*node, left);
-                    // Each row's rank in its node's feature (leaves: 0, below their rank 255).
-                    let mut v = _mm512_setzero_si512();
-                    for &u in &t.used {
-                        let here = _mm512_cmpeq_epi8_mask(f, _mm512_set1_epi8(u as i8));
-                        v = _mm512_mask_mov_epi8(v, here, load(&ranks[g * nf + usize::from(u)]));
-                    }
+                    // Each row's rank in its node's feature; rows at leaves get any value, which
+                    // never exceeds their rank 255.
+                    let v = match level.as_slice() {
+                        [u] => load(&ranks[usize::from(*u)]),
+                        us => {
+                            let f = _mm512_permutexvar_epi8(*node, feature);
+                            let pick = |u: u8| {
+                                let here = _mm512_cmpeq_epi8_mask(f, _mm512_set1_epi8(u as i8));
+                                // SAFETY: a 64-byte array; the masked load reads its lanes.
+                                unsafe {
+                                    _mm512_maskz_loadu_epi8(
+                                        here,
+                                        ranks[usize::from(u)].as_ptr().cast(),
+                                    )
+                                }
+                            };
+                            let mut parts = us.chunks(2).map(|p| match p {
+                                [a, b] => _mm512_or_si512(pick(*a), pick(*b)),
+                                [a] => pick(*a),
+                                _ => unreachable!("chunks of two"),
+                            });
+                            let first = parts.next().unwrap_or(_mm512_setzero_si512());
+                            parts.fold(first, |acc, p| _mm512_or_si512(acc, p))
+                        }
+                    };
                     let right = _mm512_cmpgt_epu8_mask(v, k);
                     *node = _mm512_mask_add_epi8(l, right, l, one);
                 }
             }
-            for (a, n) in at.iter_mut().zip(&node) {
-                unsafe { _mm512_storeu_si512(a.as_mut_ptr().cast(), *n) };
-            }
-            for (o, &i) in out.iter_mut().zip(at.as_flattened()) {
-                *o += t.value[usize::from(i)];
+            let leaf = load(&t.leaf);
+            // SAFETY: 32 values in four 64-byte loads.
+            let vals: [__m512d; 4] =
+                std::array::from_fn(|q| unsafe { _mm512_loadu_pd(t.value.as_ptr().add(8 * q)) });
+            let sixteen = _mm512_set1_epi64(16);
+            for (g, node) in node.iter().enumerate().take(blocks) {
+                let mut idx = [0u8; BLOCK];
+                let leaves = _mm512_permutexvar_epi8(*node, leaf);
+                // SAFETY: a 64-byte array.
+                unsafe { _mm512_storeu_si512(idx.as_mut_ptr().cast(), leaves) };
+                let len = out.len();
+                let rows = &mut out[g * BLOCK..((g + 1) * BLOCK).min(len)];
+                for (o, i) in rows.chunks_mut(8).zip(idx.chunks_exact(8)) {
+                    // SAFETY: 8 bytes of `idx`; `o` has at most 8 values and only its lanes are
+                    // loaded and stored.
+                    unsafe {
+                        let i = _mm512_cvtepu8_epi64(_mm_loadl_epi64(i.as_ptr().cast()));
+                        let lo = _mm512_permutex2var_pd(vals[0], i, vals[1]);
+                        let hi = _mm512_permutex2var_pd(vals[2], i, vals[3]);
+                        let v = _mm512_mask_blend_pd(_mm512_test_epi64_mask(i, sixteen), lo, hi);
+                        let m: __mmask8 = if o.len() == 8 {
+                            0xFF
+                        } else {
+                            (1u8 << o.len()) - 1
+                        };
+                        let s = _mm512_maskz_loadu_pd(m, o.as_ptr());
+                        _mm512_mask_storeu_pd(o.as_mut_ptr(), m, _mm512_add_pd(s, v));
+                    }
+                }
             }
         }
     }
