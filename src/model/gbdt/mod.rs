@@ -333,8 +333,11 @@ struct Split {
 }
 
 struct Leaf<const N: usize> {
-    /// Which of the grower's row buffers holds the rows, at `start..end`.
+    /// Which of the grower's row buffers holds the rows, at `start..end`; unless `ordered`.
     buf: usize,
+    /// The rows are `start..end` themselves, in order, in no buffer: the root, and the children
+    /// of an ordered leaf split on a feature the rows are sorted by there (see [`Grower::grow`]).
+    ordered: bool,
     start: usize,
     end: usize,
     g: f64,
@@ -367,6 +370,9 @@ struct Binned {
     n: usize,
     n_features: usize,
     bounds: Vec<Vec<f64>>,
+    /// The features the rows are sorted by, most significant first (see [`row_order`]; empty
+    /// when the rows are in no particular order).
+    sort_keys: Vec<usize>,
 }
 
 #[cfg(test)]
@@ -494,7 +500,27 @@ impl Binned {
             n,
             n_features: nf,
             bounds,
+            sort_keys: Vec::new(),
         }
+    }
+
+    /// Whether the rows `start..end` are in order of their bins in `feature`: the rows are
+    /// sorted by `sort_keys`, so they are when `feature` is one of the keys and the keys before
+    /// it have one bin throughout the rows.
+    fn sorted_by(&self, start: usize, end: usize, feature: usize) -> bool {
+        if end <= start {
+            return true;
+        }
+        for &k in &self.sort_keys {
+            if k == feature {
+                return true;
+            }
+            let col = &self.columns[k * self.n..(k + 1) * self.n];
+            if col[start] != col[end - 1] {
+                return false;
+            }
+        }
+        false
     }
 }
 
@@ -535,17 +561,19 @@ const ORDER_KEYS: usize = 3;
 /// far fewer cache lines: at 10 M customers the leaves' histograms took 12.5 s of a churn
 /// fit instead of 20 s. The trees are those of the rows in their own order up to the order in
 /// which each bin's sums are added.
+///
+/// Returns the order and the features it sorts by, most significant first.
 fn row_order(
     columns: &[u8],
     bounds: &[Vec<f64>],
     y: &[f64],
     objective: Objective,
     p: &Params,
-) -> Vec<u32> {
+) -> (Vec<u32>, Vec<usize>) {
     let n = y.len();
     let mut order: Vec<u32> = (0..n as u32).collect();
     if n < 2 {
-        return order;
+        return (order, Vec::new());
     }
     // The first tree's gradients: every row has the initial score.
     let init = init_score(y, objective);
@@ -576,12 +604,15 @@ fn row_order(
         .collect();
     // Largest gain first; on ties the first feature.
     gains.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let keys: Vec<usize> = gains
+        .iter()
+        .take(ORDER_KEYS)
+        .take_while(|g| g.0 > 0.0)
+        .map(|g| g.1)
+        .collect();
     // Least significant key first, each pass a stable counting sort.
     let mut next = vec![0u32; n];
-    for &(gain, f) in gains.iter().take(ORDER_KEYS).rev() {
-        if gain <= 0.0 {
-            continue;
-        }
+    for &f in keys.iter().rev() {
         let col = &columns[f * n..(f + 1) * n];
         let mut at = [0usize; 257];
         for &r in &order {
@@ -597,7 +628,7 @@ fn row_order(
         }
         std::mem::swap(&mut order, &mut next);
     }
-    order
+    (order, keys)
 }
 
 /// Features of `n` rows each, one after another (as in [`bin_columns`]), with each feature's
@@ -651,6 +682,9 @@ enum Rows<'a> {
     All(usize),
     List(&'a [u32]),
     Span(usize, usize),
+    /// The rows `start..end`, in order (a leaf whose rows were never moved: see
+    /// [`Grower::grow`]).
+    Range(usize, usize),
 }
 
 impl Rows<'_> {
@@ -659,6 +693,7 @@ impl Rows<'_> {
             Rows::All(n) => *n,
             Rows::List(l) => l.len(),
             Rows::Span(_, len) => *len,
+            Rows::Range(start, end) => end - start,
         }
     }
 }
@@ -758,10 +793,18 @@ unsafe fn fill<const M: usize, const W: usize, G: Grad, const AVX: bool>(
             .try_into()
             .expect("rows of at least W bins")
     };
+    let range =
+        |start: usize, end: usize| start + k * HIST_CHUNK..(start + (k + 1) * HIST_CHUNK).min(end);
     match rows {
         Rows::All(n) => {
-            for r in k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n) {
+            for r in range(0, n) {
                 // SAFETY: `flat` has W * FILL_STRIDE entries; AVX as the caller promised.
+                unsafe { add_row::<M, W, G, AVX>(&mut flat, row(r), gh[r]) };
+            }
+        }
+        Rows::Range(start, end) => {
+            for r in range(start, end) {
+                // SAFETY: as above.
                 unsafe { add_row::<M, W, G, AVX>(&mut flat, row(r), gh[r]) };
             }
         }
@@ -818,6 +861,9 @@ fn fill_any<const M: usize, G: Grad>(b: &Binned, rows: Rows, gh: &[G], k: usize)
     };
     match rows {
         Rows::All(n) => (k * HIST_CHUNK..((k + 1) * HIST_CHUNK).min(n)).for_each(add),
+        Rows::Range(start, end) => {
+            (start + k * HIST_CHUNK..(start + (k + 1) * HIST_CHUNK).min(end)).for_each(add)
+        }
         Rows::Span(start, len) => {
             for i in 0..len {
                 let gh = gh[i].pair();
@@ -1051,16 +1097,13 @@ pub fn train_columns(
 ) -> Result<Booster, String> {
     let n = y.len();
     let (mut columns, bounds) = bin_columns(x, n, p.max_bins)?;
-    let order = row_order(&columns, &bounds, y, objective, p);
+    let (order, keys) = row_order(&columns, &bounds, y, objective, p);
     reorder_columns(&mut columns[..n * bounds.len()], n, &order);
     let y: Vec<f64> = order.iter().map(|&r| y[r as usize]).collect();
     drop(order);
-    Ok(train_binned(
-        Binned::new(columns, bounds, n),
-        &y,
-        objective,
-        p,
-    ))
+    let mut binned = Binned::new(columns, bounds, n);
+    binned.sort_keys = keys;
+    Ok(train_binned(binned, &y, objective, p))
 }
 
 /// The score every row starts from: the mean, or for logistic loss its log-odds.
@@ -1131,13 +1174,19 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
 /// left rows stay at the front of `seg`, in their order, and the right rows go to the back of
 /// `other` (the leaf's places in the other buffer, which no other leaf uses) in the reverse of
 /// their order. The left child is then `seg[..l]` and the right `other[l..]`, where `l`, the
-/// number of left rows, is returned. With `all` (the root) the rows are `0..n` in order and
-/// `seg` is written, not read. Nothing is copied back: a partition that gathered the right rows
+/// number of left rows, is returned. With `first` (an ordered leaf, such as the root) the rows
+/// are `first..first + seg.len()` in order and `seg` is written, not read. Nothing is copied back: a partition that gathered the right rows
 /// in a scratch buffer and copied them behind the left ones moved 8 more bytes a right row, and
 /// at 10 M rows the partitions wait on memory (see docs/PERFORMANCE.md, item 26).
-fn partition(b: &Binned, seg: &mut [u32], other: &mut [u32], all: bool, s: &Split) -> usize {
+fn partition(
+    b: &Binned,
+    seg: &mut [u32],
+    other: &mut [u32],
+    first: Option<usize>,
+    s: &Split,
+) -> usize {
     let m = seg.len();
-    assert!(other.len() == m && (!all || m == b.n));
+    assert!(other.len() == m && first.is_none_or(|f| f + m <= b.n));
     let (mut l, mut r, mut i) = (0usize, 0usize, 0usize);
     let col = &b.columns[s.feature * b.n..(s.feature + 1) * b.n];
     #[cfg(target_arch = "x86_64")]
@@ -1145,18 +1194,17 @@ fn partition(b: &Binned, seg: &mut [u32], other: &mut [u32], all: bool, s: &Spli
         // SAFETY: the CPU has AVX-512 F; `columns` has 3 bytes after its last column, and
         // `other` is as long as `seg` (see `simd_partition`).
         (l, r, i) = unsafe {
-            if all {
-                simd_partition::<true>(b, s.feature, seg, other, s.bin as u8)
-            } else {
-                simd_partition::<false>(b, s.feature, seg, other, s.bin as u8)
+            match first {
+                Some(f) => simd_partition::<true>(b, s.feature, f, seg, other, s.bin as u8),
+                None => simd_partition::<false>(b, s.feature, 0, seg, other, s.bin as u8),
             }
         };
     }
     // Branch-free: both destinations are written and one count advances (`l <= i`, so the
     // write to `seg` never lands on an unread row, and `m - 1 - r >= l`).
     while i < m {
-        let row = if all {
-            i as u32
+        let row = if let Some(f) = first {
+            (f + i) as u32
         } else {
             if let Some(&ahead) = seg.get(i + PREFETCH) {
                 prefetch(&col[ahead as usize]);
@@ -1173,8 +1221,8 @@ fn partition(b: &Binned, seg: &mut [u32], other: &mut [u32], all: bool, s: &Spli
     l
 }
 
-/// The first whole 16-row groups of [`partition`], 16 rows per step: load (`ALL`) or gather
-/// their bins, compare, compress the left rows to `seg` and the right rows, reversed, to the back
+/// The first whole 16-row groups of [`partition`], 16 rows per step: load (`ALL`: the rows
+/// `first..first + seg.len()`) or gather their bins, compare, compress the left rows to `seg` and the right rows, reversed, to the back
 /// of `other`. Returns (left rows, right rows, rows done).
 ///
 /// # Safety
@@ -1187,6 +1235,7 @@ fn partition(b: &Binned, seg: &mut [u32], other: &mut [u32], all: bool, s: &Spli
 unsafe fn simd_partition<const ALL: bool>(
     b: &Binned,
     feature: usize,
+    first: usize,
     seg: &mut [u32],
     other: &mut [u32],
     bin: u8,
@@ -1194,13 +1243,16 @@ unsafe fn simd_partition<const ALL: bool>(
     use std::arch::x86_64::*;
     let m = seg.len();
     assert!(b.columns.len() >= (feature + 1) * b.n + 3 && other.len() == m);
-    assert!(!ALL || m == b.n);
+    assert!(!ALL || first + m <= b.n);
     let base = b.columns[feature * b.n..].as_ptr();
     let (mut l, mut r, mut i) = (0usize, 0usize, 0usize);
     let split = _mm512_set1_epi32(i32::from(bin));
     let byte = _mm512_set1_epi32(0xFF);
     let reverse = _mm512_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut iota = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(first as i32),
+    );
     let sixteen = _mm512_set1_epi32(16);
     while i + 16 <= m {
         // SAFETY: see the function's contract; rows are below 2^31 (u32 row numbers of a
@@ -1211,7 +1263,7 @@ unsafe fn simd_partition<const ALL: bool>(
                 iota = _mm512_add_epi32(iota, sixteen);
                 (
                     rows,
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(base.add(i).cast())),
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(base.add(first + i).cast())),
                 )
             } else {
                 let rows = _mm512_loadu_si512(seg.as_ptr().add(i).cast());
@@ -1292,9 +1344,10 @@ impl Grower<'_> {
             right: vec![-1],
             value: vec![0.0],
         };
-        // The root's rows are all rows in order, in no buffer until it is split.
+        // The root's rows are all rows in order, in no buffer.
         let mut leaves = vec![Leaf {
             buf: 0,
+            ordered: true,
             start: 0,
             end: n,
             g: gs,
@@ -1323,20 +1376,25 @@ impl Grower<'_> {
             let leaf = leaves.swap_remove(li);
             let s = leaf.split.unwrap();
             importance[s.feature] += s.gain;
-            let (seg, other) = match &mut self.bufs {
-                [x, y] if leaf.buf == 0 => (x, y),
-                [y, x] => (x, y),
-            };
             let span = leaf.start..leaf.end;
-            // Node 0 is the root, whose rows are all rows in order (see `partition`'s `all`).
-            let l = partition(
-                b,
-                &mut seg[span.clone()],
-                &mut other[span],
-                leaf.node == 0,
-                &s,
-            );
-            let (buf_l, buf_r) = (leaf.buf, 1 - leaf.buf);
+            // An ordered leaf split on a feature its rows are sorted by (the root split on the
+            // first feature of the row order, most often): its left rows are a prefix of its
+            // rows, both children stay ordered, and no row is moved. Their histograms read rows
+            // in order, as the root's does, not gathered from a list.
+            let keep_order = leaf.ordered && b.sorted_by(leaf.start, leaf.end, s.feature);
+            let (l, buf_l, buf_r) = if keep_order {
+                let col = &b.columns[s.feature * b.n..(s.feature + 1) * b.n];
+                let l = col[span].partition_point(|&bin| usize::from(bin) <= s.bin);
+                (l, 0, 0)
+            } else {
+                let (seg, other) = match &mut self.bufs {
+                    [x, y] if leaf.buf == 0 => (x, y),
+                    [y, x] => (x, y),
+                };
+                let first = leaf.ordered.then_some(leaf.start);
+                let l = partition(b, &mut seg[span.clone()], &mut other[span], first, &s);
+                (l, leaf.buf, 1 - leaf.buf)
+            };
             let mid = leaf.start + l;
             let r = leaf.end - mid;
             let (gl, hl, gr, hr) = (s.gl, s.hl, leaf.g - s.gl, leaf.h - s.hl);
@@ -1355,6 +1413,7 @@ impl Grower<'_> {
             }
             let child = |buf, start, end, g, h, hist, split, node| Leaf {
                 buf,
+                ordered: keep_order,
                 start,
                 end,
                 g,
@@ -1372,12 +1431,14 @@ impl Grower<'_> {
                 break;
             }
             // Histogram of the smaller child; the other is the parent's minus it.
-            let (small, small_is_left) = if l <= r {
-                (&self.bufs[buf_l][leaf.start..mid], true)
-            } else {
-                (&self.bufs[buf_r][mid..leaf.end], false)
+            let small_is_left = l <= r;
+            let small = match (small_is_left, keep_order) {
+                (true, true) => Rows::Range(leaf.start, mid),
+                (false, true) => Rows::Range(mid, leaf.end),
+                (true, false) => Rows::List(&self.bufs[buf_l][leaf.start..mid]),
+                (false, false) => Rows::List(&self.bufs[buf_r][mid..leaf.end]),
             };
-            let small_hist = build_hist::<N, G>(b, Rows::List(small), gh);
+            let small_hist = build_hist::<N, G>(b, small, gh);
             let mut big_hist = leaf.hist;
             for (bf, sf) in big_hist.iter_mut().zip(&small_hist) {
                 for (be, se) in bf.iter_mut().zip(sf) {
@@ -1396,16 +1457,12 @@ impl Grower<'_> {
             leaves.push(child(buf_l, leaf.start, mid, gl, hl, hist_l, split_l, ln));
             leaves.push(child(buf_r, mid, leaf.end, gr, hr, hist_r, split_r, rn));
         }
-        if leaves.len() == 1 {
-            // The root was not split: its rows were never written.
-            let rows = &mut self.bufs[0];
-            rows.iter_mut().enumerate().for_each(|(i, r)| *r = i as u32);
-        }
         let mut values = Vec::with_capacity(leaves.len());
         for leaf in &leaves {
             let v = -leaf.g / (leaf.h + p.lambda_l2) * p.learning_rate;
             tree.value[leaf.node] = v;
-            values.push((v, leaf.buf, leaf.start..leaf.end));
+            let buf = (!leaf.ordered).then_some(leaf.buf);
+            values.push((v, buf, leaf.start..leaf.end));
             if let Root::Carried(root) = &mut root {
                 // Squared error: entry [gradient sum, row count] (N = 2).
                 for (rf, lf) in root.iter_mut().zip(&leaf.hist) {
@@ -1420,34 +1477,47 @@ impl Grower<'_> {
 
     /// Adds each leaf's value to `score` at its rows.
     fn add_leaf_values(&mut self, leaves: &[LeafRows], score: &mut [f64]) {
-        let leaves: Vec<(f64, &[u32])> = leaves
+        let leaves: Vec<(f64, Span)> = leaves
             .iter()
-            .map(|(v, buf, span)| (*v, &self.bufs[*buf][span.clone()]))
+            .map(|(v, buf, span)| match buf {
+                Some(buf) => (*v, Span::List(&self.bufs[*buf][span.clone()])),
+                None => (*v, Span::Range(span.clone())),
+            })
             .collect();
         add_leaf_values(&leaves, score, &mut self.leaf_of);
     }
 }
 
-/// A leaf's value, and where its rows are: a row buffer of the [`Grower`] and a span of it.
-type LeafRows = (f64, usize, std::ops::Range<usize>);
+/// A leaf's value, and where its rows are: a span of a row buffer of the [`Grower`], or (no
+/// buffer) the rows of the span themselves.
+type LeafRows = (f64, Option<usize>, std::ops::Range<usize>);
+
+/// A leaf's rows for [`add_leaf_values`]: a list, or the rows of a range.
+#[derive(Clone)]
+enum Span<'a> {
+    List(&'a [u32]),
+    Range(std::ops::Range<usize>),
+}
 
 /// Adds each leaf's value to the scores of its rows. With `leaf_of` (one place a row, at most 256
 /// leaves) each row's leaf is noted in a byte and the scores are updated in row order: adding to
 /// the scores of each leaf's rows in place was a cache miss a row once the scores outgrew the
 /// cache (10 M customers: 64 MB of scores; the leaf numbers are 8 MB). With an empty `leaf_of`,
 /// in place. Each row gets one addition either way, so the scores are the same.
-fn add_leaf_values(leaves: &[(f64, &[u32])], score: &mut [f64], leaf_of: &mut [u8]) {
+fn add_leaf_values(leaves: &[(f64, Span)], score: &mut [f64], leaf_of: &mut [u8]) {
     if leaf_of.is_empty() || leaves.len() > 256 {
         for (v, rows) in leaves {
-            for &r in *rows {
-                score[r as usize] += v;
+            match rows {
+                Span::List(rows) => rows.iter().for_each(|&r| score[r as usize] += v),
+                Span::Range(rows) => score[rows.clone()].iter_mut().for_each(|s| *s += v),
             }
         }
         return;
     }
     for (k, (_, rows)) in leaves.iter().enumerate() {
-        for &r in *rows {
-            leaf_of[r as usize] = k as u8;
+        match rows {
+            Span::List(rows) => rows.iter().for_each(|&r| leaf_of[r as usize] = k as u8),
+            Span::Range(rows) => leaf_of[rows.clone()].fill(k as u8),
         }
     }
     score
@@ -1530,18 +1600,22 @@ mod tests {
         let x: &[&[f64]] = &[&a, &b];
         let binned = bin_features(&x, a.len(), 255).unwrap();
         let mut rng = crate::generate::Rng::new(7);
-        let mut cases: Vec<(Vec<u32>, bool)> = [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099]
+        let mut cases: Vec<(Vec<u32>, Option<usize>)> = [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099]
             .iter()
             .map(|&len| {
                 // Increasing rows with gaps, as a leaf holds them.
                 let mut seg: Vec<u32> = (0..10_000u32).filter(|_| rng.uniform() < 0.5).collect();
                 seg.truncate(len);
-                (seg, false)
+                (seg, None)
             })
             .collect();
-        // The root: all rows, which the partition does not read.
-        cases.push(((0..10_000).collect(), true));
-        for (seg, all) in cases {
+        // Ordered leaves, whose rows the partition does not read: the root (all rows), and runs
+        // of rows of every length around the 16-row groups.
+        cases.push(((0..10_000).collect(), Some(0)));
+        for (first, len) in [(5, 0), (7, 1), (100, 15), (3, 16), (9_000, 17), (77, 1000)] {
+            cases.push(((first..first + len).collect(), Some(first as usize)));
+        }
+        for (seg, first) in cases {
             for feature in 0..2 {
                 for bin in [0, 1, 3, 100, 254] {
                     let split = Split {
@@ -1559,15 +1633,17 @@ mod tests {
                         .copied()
                         .filter(|&r| col(r) > bin)
                         .collect();
-                    let mut got = if all {
+                    let mut got = if first.is_some() {
                         vec![u32::MAX; seg.len()]
                     } else {
                         seg.clone()
                     };
                     let mut other = vec![u32::MAX; seg.len()];
-                    let l = partition(&binned, &mut got, &mut other, all, &split);
-                    let case =
-                        format!("len {}, all {all}, feature {feature}, bin {bin}", seg.len());
+                    let l = partition(&binned, &mut got, &mut other, first, &split);
+                    let case = format!(
+                        "len {}, first {first:?}, feature {feature}, bin {bin}",
+                        seg.len()
+                    );
                     assert_eq!(l, left.len(), "{case}");
                     assert_eq!(got[..l], left[..], "{case}");
                     assert_eq!(other[l..], right[..], "{case}");
@@ -1590,7 +1666,8 @@ mod tests {
         let x: &[&[f64]] = &[&a, &b, &c];
         let p = Params::default();
         let (columns, bounds) = bin_columns(&x, n, p.max_bins).unwrap();
-        let order = row_order(&columns, &bounds, &y, Objective::SquaredError, &p);
+        let (order, keys) = row_order(&columns, &bounds, &y, Objective::SquaredError, &p);
+        assert_eq!(keys, [2, 0, 1]);
         let mut seen = vec![false; n];
         order.iter().for_each(|&r| seen[r as usize] = true);
         assert!(seen.iter().all(|s| *s), "not a permutation");
@@ -1604,10 +1681,70 @@ mod tests {
         );
         // Logistic loss on a 0/1 target that follows a only: a's bins lead.
         let yl: Vec<f64> = a.iter().map(|v| f64::from(u8::from(*v >= 3.0))).collect();
-        let order = row_order(&columns, &bounds, &yl, Objective::Logistic, &p);
+        let (order, keys) = row_order(&columns, &bounds, &yl, Objective::Logistic, &p);
+        assert_eq!(keys[0], 0);
         assert!(order
             .windows(2)
             .all(|w| columns[w[0] as usize] <= columns[w[1] as usize]));
+    }
+
+    #[test]
+    fn ordered_leaves_grow_the_trees_that_moved_rows_grow() {
+        // The same binned rows with and without their sort keys: without them every split moves
+        // its rows into the row buffers (no child stays ordered), with them the splits on the
+        // keys keep their children ordered. The trees are the same, up to the order in which
+        // each bin's sums were added.
+        let mut rng = crate::generate::Rng::new(37);
+        let n = 40_000;
+        let a: Vec<f64> = (0..n).map(|_| (rng.uniform() * 6.0).floor()).collect();
+        let b: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+        let c: Vec<f64> = (0..n).map(|_| (rng.uniform() * 30.0).floor()).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|r| 3.0 * a[r] + 10.0 * b[r] * b[r] + 0.2 * c[r] + rng.normal())
+            .collect();
+        let x: &[&[f64]] = &[&a, &b, &c];
+        let p = Params {
+            n_trees: 20,
+            ..Default::default()
+        };
+        for (objective, y) in [
+            (Objective::SquaredError, y.clone()),
+            (
+                Objective::Logistic,
+                y.iter().map(|v| f64::from(u8::from(*v > 9.0))).collect(),
+            ),
+        ] {
+            let (mut columns, bounds) = bin_columns(&x, n, p.max_bins).unwrap();
+            let (order, keys) = row_order(&columns, &bounds, &y, objective, &p);
+            assert!(!keys.is_empty());
+            reorder_columns(&mut columns[..n * bounds.len()], n, &order);
+            let y: Vec<f64> = order.iter().map(|&r| y[r as usize]).collect();
+            let moved = train_binned(
+                Binned::new(columns.clone(), bounds.clone(), n),
+                &y,
+                objective,
+                &p,
+            );
+            let mut binned = Binned::new(columns, bounds, n);
+            // Runs of rows with one bin of the first key are sorted by the second.
+            let k0 = &binned.columns[keys[0] * n..(keys[0] + 1) * n];
+            let run = k0.iter().take_while(|&&v| v == k0[0]).count();
+            binned.sort_keys = keys.clone();
+            assert!(binned.sorted_by(0, n, keys[0]));
+            assert!(binned.sorted_by(0, run, keys[1]));
+            assert!(!binned.sorted_by(0, n, keys[1]));
+            let kept = train_binned(binned, &y, objective, &p);
+            for (t, u) in moved.trees.iter().zip(&kept.trees) {
+                assert_eq!(
+                    (&t.feature, &t.threshold, &t.left, &t.right),
+                    (&u.feature, &u.threshold, &u.left, &u.right),
+                    "{objective:?}"
+                );
+                for (v, w) in t.value.iter().zip(&u.value) {
+                    assert!((v - w).abs() <= 1e-12 * v.abs().max(1.0), "{v} vs {w}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -1661,10 +1798,14 @@ mod tests {
         let mut cuts: Vec<usize> = (0..39).map(|_| rng.below(n)).collect();
         cuts.extend([0, n]);
         cuts.sort_unstable();
-        let leaves: Vec<(f64, &[u32])> = cuts
+        let mut leaves: Vec<(f64, Span)> = cuts
             .windows(2)
-            .map(|w| (rng.normal(), &rows[w[0]..w[1]]))
+            .map(|w| (rng.normal(), Span::List(&rows[w[0]..w[1]])))
             .collect();
+        // Rows beyond the shuffled ones, as ordered leaves hold them.
+        leaves.push((rng.normal(), Span::Range(n..n + 100)));
+        leaves.push((rng.normal(), Span::Range(n + 100..n + 101)));
+        let n = n + 101;
         let start: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
         let (mut in_place, mut in_order) = (start.clone(), start);
         add_leaf_values(&leaves, &mut in_place, &mut []);
@@ -1698,10 +1839,11 @@ mod tests {
             assert!(b.bundles.len() < nf, "{nf} features: nothing bundled");
             let gh: Vec<Gh> = (0..n).map(|_| [rng.normal(), rng.uniform()]).collect();
             let list: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < 0.4).collect();
-            for rows in [Rows::All(n), Rows::List(&list)] {
+            for rows in [Rows::All(n), Rows::List(&list), Rows::Range(123, n - 7)] {
                 let all: Vec<usize> = match rows {
                     Rows::All(n) => (0..n).collect(),
                     Rows::List(l) => l.iter().map(|&r| r as usize).collect(),
+                    Rows::Range(start, end) => (start..end).collect(),
                     Rows::Span(..) => unreachable!(),
                 };
                 let h4 = build_hist::<4, Gh>(&b, rows, &gh);
