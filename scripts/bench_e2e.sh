@@ -9,6 +9,9 @@
 #   PEER_PYTHON=python                    default: a venv in $BENCH_VENV (created on first use)
 #   RUNS=k                                mlpipe runs per size (median reported; default 1)
 #   SKIP_PEER_ABOVE=N                     run the peer only up to N customers (default: always)
+#   PEER_AT="N ..."                       run the peer only at these sizes (default: every size)
+#
+# Each size also prints the time per customer (µs), so that growth between sizes reads directly.
 #
 # Machines here are shared and noisy: quote the ratios, which come from the same session.
 set -euo pipefail
@@ -17,6 +20,7 @@ PEER=${PEER:-../shared/bench/peer_pipeline.py}
 BENCH_VENV=${BENCH_VENV:-/tmp/mlpipe-peer-venv}
 RUNS=${RUNS:-1}
 SKIP_PEER_ABOVE=${SKIP_PEER_ABOVE:-0}
+PEER_AT=${PEER_AT:-}
 sizes=("$@"); [ ${#sizes[@]} -eq 0 ] && sizes=(100000 1000000 10000000)
 
 if [ -z "${PEER_PYTHON:-}" ]; then
@@ -59,9 +63,14 @@ for n in "${sizes[@]}"; do
   churn=$(metric auc "$work/r$n/runs/$run/train_churn/metrics.json")
   ltv=$(metric r2 "$work/r$n/runs/$run/train_ltv/metrics.json")
   printf '%-9s %-7s %9.2f %9d %8s %8s %8s\n' "$n" mlpipe "$ours_w" $((ours_m / 1024)) "$eng" "$churn" "$ltv"
+  python3 -c "import sys; print('          mlpipe: %.2f µs per customer' % (float(sys.argv[1]) / int(sys.argv[2]) * 1e6))" "$ours_w" "$n"
 
   if [ "$SKIP_PEER_ABOVE" -gt 0 ] && [ "$n" -gt "$SKIP_PEER_ABOVE" ]; then
     echo "$n        peer    (not run: SKIP_PEER_ABOVE=$SKIP_PEER_ABOVE)"
+    continue
+  fi
+  if [ -n "$PEER_AT" ] && ! [[ " $PEER_AT " == *" $n "* ]]; then
+    echo "$n        peer    (not run: PEER_AT=$PEER_AT)"
     continue
   fi
   /usr/bin/time -f "%e %M" -o "$work/t" "$PEER_PYTHON" "$PEER" "$data" "$work/peer$n" >"$work/peer.json" 2>"$work/peer.err" || {
@@ -71,6 +80,7 @@ for n in "${sizes[@]}"; do
 import json,sys; m=json.load(open(sys.argv[1]))['metrics']
 print('%.4f %.4f %.4f' % (m['engagement']['r2'], m['churn']['auc'], m['ltv']['r2']))" "$work/peer.json")
   printf '%-9s %-7s %9.2f %9d %8s %8s %8s\n' "$n" peer "$peer_w" $((peer_m / 1024)) "$peng" "$pchurn" "$pltv"
+  python3 -c "import sys; print('          peer: %.2f µs per customer' % (float(sys.argv[1]) / int(sys.argv[2]) * 1e6))" "$peer_w" "$n"
   python3 -c "
 import sys; ow, om, pw, pm = map(float, sys.argv[1:5]); q = [float(x) for x in sys.argv[5:]]
 print('%-9s %-7s %8.2fx %8.2fx %+8.4f %+8.4f %+8.4f' % (sys.argv[0] if False else '', 'ratio', pw / ow, pm / om, q[0]-q[3], q[1]-q[4], q[2]-q[5]))

@@ -85,7 +85,9 @@ pub fn kind_version(st: &Stage) -> u32 {
         StageKind::Validate { .. } => 2,
         StageKind::Prepare { .. } => 2,
         // 2: logistic gradients use an inline `exp` (probabilities differ in the 11th digit).
-        StageKind::Train { .. } => 2,
+        // 3: features of few bins share histogram bytes, ordered leaves (bins' sums added in
+        // another order: predictions differ in their last digits).
+        StageKind::Train { .. } => 3,
         StageKind::Score { .. } => 1,
         StageKind::Drift { .. } => 1,
         // 2: bootstrap resamples drawn as multinomial counts (other intervals, same method).
