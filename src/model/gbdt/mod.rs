@@ -22,7 +22,8 @@
 //!   per bin being the same every tree. Either way in parallel chunks, added in chunk order.
 //! - Partitioning a leaf reads one column of bins; it is branch-free (the left/right choice is a
 //!   coin toss to the CPU), 16 rows a step with AVX-512, and copies nothing back: the right rows
-//!   go to the other of two row buffers (see [`partition`]).
+//!   go to another row buffer (see [`partition`]). A fit running alone partitions its large
+//!   leaves on every core, in chunks, copying the pieces into a third buffer ([`partition_par`]).
 //! - Squared error keeps no scores: the leaf values are added to the gradients (`score - y`).
 //! - A histogram entry is (gradient, hessian) for squared error, whose hessian sum is the row
 //!   count, and (gradient, hessian, count) for logistic loss; each feature has 256 entries, so a
@@ -1126,6 +1127,19 @@ fn init_score(y: &[f64], objective: Objective) -> f64 {
 /// Grows the trees on rows in the order of `binned` and `y` (see [`row_order`]): nothing
 /// below depends on which row is which, only on the order in which rows are added up.
 fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> Booster {
+    let _running = FitRunning::new();
+    train_binned_with(binned, y, objective, p, FitRunning::alone).0
+}
+
+/// [`train_binned`], asking `share_cores` before each large partition whether to run it on every
+/// core; also returns how many did.
+fn train_binned_with(
+    binned: Binned,
+    y: &[f64],
+    objective: Objective,
+    p: &Params,
+    share_cores: fn() -> bool,
+) -> (Booster, usize) {
     let n = y.len();
     let init_score = init_score(y, objective);
     let mut trees = Vec::with_capacity(p.n_trees);
@@ -1133,8 +1147,10 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
     let mut grower = Grower {
         b: &binned,
         p,
-        bufs: [big_vec(n, 0), big_vec(n, 0)],
+        bufs: [big_vec(n, 0), big_vec(n, 0), Vec::new()],
         leaf_of: big_vec(if p.num_leaves <= 256 { n } else { 0 }, 0),
+        share_cores,
+        shared: 0,
     };
     match objective {
         Objective::SquaredError => {
@@ -1167,15 +1183,16 @@ fn train_binned(binned: Binned, y: &[f64], objective: Objective, p: &Params) -> 
             }
         }
     }
-    Booster {
+    let booster = Booster {
         objective,
         init_score,
         trees,
         gain_importance: importance,
-    }
+    };
+    (booster, grower.shared)
 }
 
-/// Partition of a leaf's rows on `bin <= split bin`, across the grower's two row buffers: the
+/// Partition of a leaf's rows on `bin <= split bin`, across two of the grower's row buffers: the
 /// left rows stay at the front of `seg`, in their order, and the right rows go to the back of
 /// `other` (the leaf's places in the other buffer, which no other leaf uses) in the reverse of
 /// their order. The left child is then `seg[..l]` and the right `other[l..]`, where `l`, the
@@ -1224,6 +1241,90 @@ fn partition(
         i += 1;
     }
     l
+}
+
+/// Rows a task of [`partition_par`] partitions.
+const PARTITION_CHUNK: usize = 16 * 1024;
+
+/// [`partition`] on both cores: the same children, in the same order, written to a third buffer.
+///
+/// Each chunk of [`PARTITION_CHUNK`] rows is partitioned on its own, as [`partition`] does a
+/// leaf (left rows at the chunk's front in `seg`, right rows reversed at its back in `other`),
+/// the chunks in parallel. Then the chunks' pieces are copied into `third`: the left pieces in
+/// chunk order from its front, the right pieces (each already reversed) in reverse chunk order
+/// behind them. `third[..l]` is then `seg[..l]` of [`partition`] and `third[l..]` its
+/// `other[l..]`, so the trees are the same bits whichever runs. The copy moves 8 more bytes a
+/// row, which a serial partition does not (item 26 of docs/PERFORMANCE.md), so the grower calls
+/// this only while its fit is the only one running (see [`FITS_RUNNING`]).
+fn partition_par(
+    b: &Binned,
+    seg: &mut [u32],
+    other: &mut [u32],
+    third: &mut [u32],
+    first: Option<usize>,
+    s: &Split,
+) -> usize {
+    let m = seg.len();
+    assert!(other.len() == m && third.len() == m);
+    let lefts: Vec<usize> = seg
+        .par_chunks_mut(PARTITION_CHUNK)
+        .zip(other.par_chunks_mut(PARTITION_CHUNK))
+        .enumerate()
+        .map(|(k, (seg, other))| {
+            partition(b, seg, other, first.map(|f| f + k * PARTITION_CHUNK), s)
+        })
+        .collect();
+    let l: usize = lefts.iter().sum();
+    // Where each chunk's pieces go: the left ones from the front, the right ones from the back.
+    let (mut left_to, mut right_to) = third.split_at_mut(l);
+    let mut moves = Vec::with_capacity(lefts.len());
+    for (k, (seg, other)) in seg
+        .chunks(PARTITION_CHUNK)
+        .zip(other.chunks(PARTITION_CHUNK))
+        .enumerate()
+    {
+        let lk = lefts[k];
+        let (to_l, rest) = std::mem::take(&mut left_to).split_at_mut(lk);
+        left_to = rest;
+        let at = right_to.len() - (seg.len() - lk);
+        let (rest, to_r) = std::mem::take(&mut right_to).split_at_mut(at);
+        right_to = rest;
+        moves.push((to_l, &seg[..lk], to_r, &other[lk..]));
+    }
+    moves
+        .into_par_iter()
+        .for_each(|(to_l, from_l, to_r, from_r)| {
+            to_l.copy_from_slice(from_l);
+            to_r.copy_from_slice(from_r);
+        });
+    l
+}
+
+/// How many fits are growing trees in this process. While one is alone, its large partitions
+/// run on every core ([`partition_par`]); while several run, the cores are busy with them and a
+/// serial partition moves fewer bytes.
+static FITS_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a fit in [`FITS_RUNNING`] while it lives.
+struct FitRunning;
+
+impl FitRunning {
+    fn new() -> Self {
+        FITS_RUNNING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        FitRunning
+    }
+
+    /// This fit is the only one running, and there is more than one core for it.
+    fn alone() -> bool {
+        FITS_RUNNING.load(std::sync::atomic::Ordering::Relaxed) == 1
+            && rayon::current_num_threads() > 1
+    }
+}
+
+impl Drop for FitRunning {
+    fn drop(&mut self) {
+        FITS_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The first whole 16-row groups of [`partition`], 16 rows per step: load (`ALL`: the rows
@@ -1295,14 +1396,21 @@ unsafe fn simd_partition<const ALL: bool>(
     (l, r, i)
 }
 
-/// What stays the same across the trees of one booster: the bins, the parameters, and the two
+/// What stays the same across the trees of one booster: the bins, the parameters, and the
 /// row buffers the leaves partition into (see [`partition`]).
 struct Grower<'a> {
     b: &'a Binned,
     p: &'a Params,
-    bufs: [Vec<u32>; 2],
+    /// Three row buffers: a leaf's rows are in one of them at its places, and the other two are
+    /// free there. A serial partition leaves the left child in the leaf's buffer and the right
+    /// in the next; [`partition_par`] leaves both in the third (allocated on first use).
+    bufs: [Vec<u32>; 3],
     /// Each row's leaf in the tree just grown, when there are at most 256 leaves (else empty).
     leaf_of: Vec<u8>,
+    /// Whether a large partition may run on every core now ([`FitRunning::alone`]).
+    share_cores: fn() -> bool,
+    /// How many partitions did ([`partition_par`]).
+    shared: usize,
 }
 
 /// Where a tree's root histogram comes from.
@@ -1392,13 +1500,31 @@ impl Grower<'_> {
                 let l = col[span].partition_point(|&bin| usize::from(bin) <= s.bin);
                 (l, 0, 0)
             } else {
-                let (seg, other) = match &mut self.bufs {
-                    [x, y] if leaf.buf == 0 => (x, y),
-                    [y, x] => (x, y),
+                // The leaf's rows are in buffer `x` (none if ordered); `y` and `z` are free at
+                // its places. Until the third buffer is needed, `x` and `y` are the first two.
+                let x = leaf.buf;
+                let y = if self.bufs[2].is_empty() {
+                    1 - x
+                } else {
+                    (x + 1) % 3
                 };
+                let z = 3 - x - y;
                 let first = leaf.ordered.then_some(leaf.start);
-                let l = partition(b, &mut seg[span.clone()], &mut other[span], first, &s);
-                (l, leaf.buf, 1 - leaf.buf)
+                let par = span.len() >= 2 * PARTITION_CHUNK && (self.share_cores)();
+                self.shared += usize::from(par);
+                if par && self.bufs[z].is_empty() {
+                    self.bufs[z] = big_vec(self.bufs[x].len(), 0);
+                }
+                let [b0, b1, b2] = &mut self.bufs;
+                let mut bufs = [Some(b0), Some(b1), Some(b2)];
+                let seg = &mut bufs[x].take().expect("three buffers")[span.clone()];
+                let other = &mut bufs[y].take().expect("three buffers")[span.clone()];
+                if par {
+                    let third = &mut bufs[z].take().expect("three buffers")[span];
+                    (partition_par(b, seg, other, third, first, &s), z, z)
+                } else {
+                    (partition(b, seg, other, first, &s), x, y)
+                }
             };
             let mid = leaf.start + l;
             let r = leaf.end - mid;
@@ -1654,6 +1780,78 @@ mod tests {
                     assert_eq!(other[l..], right[..], "{case}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn partition_on_every_core_gives_the_serial_partitions_children() {
+        // Leaves of every length around the chunks of `partition_par`, listed and ordered; the
+        // children must be the serial partition's, row for row, in the third buffer.
+        let (a, b, _) = data(200_000);
+        let x: &[&[f64]] = &[&a, &b];
+        let binned = bin_features(&x, a.len(), 255).unwrap();
+        let mut rng = crate::generate::Rng::new(11);
+        let c = PARTITION_CHUNK;
+        let lens = [0, 1, c - 1, c, c + 1, 2 * c + 17, 5 * c + 3];
+        let mut cases: Vec<(Vec<u32>, Option<usize>)> = Vec::new();
+        for &len in &lens {
+            let mut seg: Vec<u32> = (0..200_000u32).filter(|_| rng.uniform() < 0.5).collect();
+            seg.truncate(len);
+            assert_eq!(seg.len(), len);
+            cases.push((seg, None));
+            let first = 1000 + len % 997;
+            cases.push(((first as u32..(first + len) as u32).collect(), Some(first)));
+        }
+        for (seg, first) in cases {
+            for (feature, bin) in [(0, 0), (0, 100), (0, 254), (1, 2), (1, 254)] {
+                let split = Split {
+                    gain: 1.0,
+                    feature,
+                    bin,
+                    gl: 0.0,
+                    hl: 0.0,
+                };
+                let m = seg.len();
+                let case = format!("len {m}, first {first:?}, feature {feature}, bin {bin}");
+                let (mut serial, mut serial_other) = (seg.clone(), vec![u32::MAX; m]);
+                let l = partition(&binned, &mut serial, &mut serial_other, first, &split);
+                let (mut par, mut par_other, mut third) =
+                    (seg.clone(), vec![u32::MAX; m], vec![u32::MAX; m]);
+                let lp =
+                    partition_par(&binned, &mut par, &mut par_other, &mut third, first, &split);
+                assert_eq!(lp, l, "{case}");
+                assert_eq!(third[..l], serial[..l], "{case}");
+                assert_eq!(third[l..], serial_other[l..], "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fit_alone_partitions_on_every_core_and_grows_the_same_trees() {
+        // 200 000 rows: the first splits' leaves are several partition chunks long.
+        let (a, b, y) = data(200_000);
+        let x: &[&[f64]] = &[&a, &b];
+        let p = Params {
+            n_trees: 4,
+            ..Params::default()
+        };
+        let yl: Vec<f64> = y.iter().map(|v| f64::from(u8::from(*v > 1.5))).collect();
+        for (objective, y) in [(Objective::SquaredError, &y), (Objective::Logistic, &yl)] {
+            let n = y.len();
+            let (columns, bounds) = bin_columns(&x, n, p.max_bins).unwrap();
+            let fit = |share: fn() -> bool| {
+                let binned = Binned::new(columns.clone(), bounds.clone(), n);
+                train_binned_with(binned, y, objective, &p, share)
+            };
+            let (serial, none) = fit(|| false);
+            let (shared, some) = fit(|| true);
+            assert_eq!(none, 0);
+            assert!(some > 0, "{objective:?}: no partition ran on every core");
+            assert_eq!(
+                serde_json::to_string(&serial).unwrap(),
+                serde_json::to_string(&shared).unwrap(),
+                "{objective:?}"
+            );
         }
     }
 
