@@ -40,6 +40,8 @@ trap '[ -z "${BENCH_WORK:-}" ] && rm -rf "$work"' EXIT
 
 # metric NAME FILE: a model metric from mlpipe's metrics.json.
 metric() { python3 -c "import json,sys; print('%.4f' % json.load(open(sys.argv[1]))['metrics'][sys.argv[2]])" "$2" "$1"; }
+# per_customer TOOL WALL_S N: the time a customer, in µs.
+per_customer() { python3 -c "import sys; print('          %s: %.2f µs per customer' % (sys.argv[1], float(sys.argv[2]) / int(sys.argv[3]) * 1e6))" "$@"; }
 
 printf '%-9s %-7s %9s %9s %8s %8s %8s\n' rows tool wall_s peak_mb eng_r2 churn_auc ltv_r2
 for n in "${sizes[@]}"; do
@@ -63,7 +65,7 @@ for n in "${sizes[@]}"; do
   churn=$(metric auc "$work/r$n/runs/$run/train_churn/metrics.json")
   ltv=$(metric r2 "$work/r$n/runs/$run/train_ltv/metrics.json")
   printf '%-9s %-7s %9.2f %9d %8s %8s %8s\n' "$n" mlpipe "$ours_w" $((ours_m / 1024)) "$eng" "$churn" "$ltv"
-  python3 -c "import sys; print('          mlpipe: %.2f µs per customer' % (float(sys.argv[1]) / int(sys.argv[2]) * 1e6))" "$ours_w" "$n"
+  per_customer mlpipe "$ours_w" "$n"
 
   if [ "$SKIP_PEER_ABOVE" -gt 0 ] && [ "$n" -gt "$SKIP_PEER_ABOVE" ]; then
     echo "$n        peer    (not run: SKIP_PEER_ABOVE=$SKIP_PEER_ABOVE)"
@@ -80,7 +82,7 @@ for n in "${sizes[@]}"; do
 import json,sys; m=json.load(open(sys.argv[1]))['metrics']
 print('%.4f %.4f %.4f' % (m['engagement']['r2'], m['churn']['auc'], m['ltv']['r2']))" "$work/peer.json")
   printf '%-9s %-7s %9.2f %9d %8s %8s %8s\n' "$n" peer "$peer_w" $((peer_m / 1024)) "$peng" "$pchurn" "$pltv"
-  python3 -c "import sys; print('          peer: %.2f µs per customer' % (float(sys.argv[1]) / int(sys.argv[2]) * 1e6))" "$peer_w" "$n"
+  per_customer peer "$peer_w" "$n"
   python3 -c "
 import sys; ow, om, pw, pm = map(float, sys.argv[1:5]); q = [float(x) for x in sys.argv[5:]]
 print('%-9s %-7s %8.2fx %8.2fx %+8.4f %+8.4f %+8.4f' % (sys.argv[0] if False else '', 'ratio', pw / ow, pm / om, q[0]-q[3], q[1]-q[4], q[2]-q[5]))

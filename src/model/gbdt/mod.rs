@@ -1278,12 +1278,10 @@ fn partition_par(
     // Where each chunk's pieces go: the left ones from the front, the right ones from the back.
     let (mut left_to, mut right_to) = third.split_at_mut(l);
     let mut moves = Vec::with_capacity(lefts.len());
-    for (k, (seg, other)) in seg
+    let chunks = seg
         .chunks(PARTITION_CHUNK)
-        .zip(other.chunks(PARTITION_CHUNK))
-        .enumerate()
-    {
-        let lk = lefts[k];
+        .zip(other.chunks(PARTITION_CHUNK));
+    for ((seg, other), &lk) in chunks.zip(&lefts) {
         let (to_l, rest) = std::mem::take(&mut left_to).split_at_mut(lk);
         left_to = rest;
         let at = right_to.len() - (seg.len() - lk);
@@ -1515,13 +1513,14 @@ impl Grower<'_> {
                 if par && self.bufs[z].is_empty() {
                     self.bufs[z] = big_vec(self.bufs[x].len(), 0);
                 }
-                let [b0, b1, b2] = &mut self.bufs;
-                let mut bufs = [Some(b0), Some(b1), Some(b2)];
-                let seg = &mut bufs[x].take().expect("three buffers")[span.clone()];
-                let other = &mut bufs[y].take().expect("three buffers")[span.clone()];
+                let [seg, other, third] = buffers(&mut self.bufs, [x, y, z]);
+                let (seg, other) = (&mut seg[span.clone()], &mut other[span.clone()]);
                 if par {
-                    let third = &mut bufs[z].take().expect("three buffers")[span];
-                    (partition_par(b, seg, other, third, first, &s), z, z)
+                    (
+                        partition_par(b, seg, other, &mut third[span], first, &s),
+                        z,
+                        z,
+                    )
                 } else {
                     (partition(b, seg, other, first, &s), x, y)
                 }
@@ -1623,6 +1622,13 @@ impl Grower<'_> {
 /// buffer) the rows of the span themselves.
 type LeafRows = (f64, Option<usize>, std::ops::Range<usize>);
 
+/// The grower's row buffers in the order `order` (0, 1 and 2 in some order), each borrowed on
+/// its own.
+fn buffers(bufs: &mut [Vec<u32>; 3], order: [usize; 3]) -> [&mut Vec<u32>; 3] {
+    let mut each = bufs.each_mut().map(Some);
+    order.map(|i| each[i].take().expect("0, 1 and 2 in some order"))
+}
+
 /// A leaf's rows for [`add_leaf_values`]: a list, or the rows of a range.
 #[derive(Clone)]
 enum Span<'a> {
@@ -1664,6 +1670,24 @@ fn add_leaf_values(leaves: &[(f64, Span)], score: &mut [f64], leaf_of: &mut [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A split of `feature` at `bin`, for the partition tests (gain and sums unused).
+    fn split_at(feature: usize, bin: usize) -> Split {
+        Split {
+            gain: 1.0,
+            feature,
+            bin,
+            gl: 0.0,
+            hl: 0.0,
+        }
+    }
+
+    /// `len` increasing rows below `n` with gaps, as a leaf holds them.
+    fn rows_with_gaps(rng: &mut crate::generate::Rng, n: u32, len: usize) -> Vec<u32> {
+        let mut seg: Vec<u32> = (0..n).filter(|_| rng.uniform() < 0.5).collect();
+        seg.truncate(len);
+        seg
+    }
 
     fn data(n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let mut rng = crate::generate::Rng::new(3);
@@ -1733,12 +1757,7 @@ mod tests {
         let mut rng = crate::generate::Rng::new(7);
         let mut cases: Vec<(Vec<u32>, Option<usize>)> = [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4099]
             .iter()
-            .map(|&len| {
-                // Increasing rows with gaps, as a leaf holds them.
-                let mut seg: Vec<u32> = (0..10_000u32).filter(|_| rng.uniform() < 0.5).collect();
-                seg.truncate(len);
-                (seg, None)
-            })
+            .map(|&len| (rows_with_gaps(&mut rng, 10_000, len), None))
             .collect();
         // Ordered leaves, whose rows the partition does not read: the root (all rows), and runs
         // of rows of every length around the 16-row groups.
@@ -1749,13 +1768,7 @@ mod tests {
         for (seg, first) in cases {
             for feature in 0..2 {
                 for bin in [0, 1, 3, 100, 254] {
-                    let split = Split {
-                        gain: 1.0,
-                        feature,
-                        bin,
-                        gl: 0.0,
-                        hl: 0.0,
-                    };
+                    let split = split_at(feature, bin);
                     let col = |r: u32| binned.columns[feature * binned.n + r as usize] as usize;
                     let left: Vec<u32> = seg.iter().copied().filter(|&r| col(r) <= bin).collect();
                     let right: Vec<u32> = seg
@@ -1795,8 +1808,7 @@ mod tests {
         let lens = [0, 1, c - 1, c, c + 1, 2 * c + 17, 5 * c + 3];
         let mut cases: Vec<(Vec<u32>, Option<usize>)> = Vec::new();
         for &len in &lens {
-            let mut seg: Vec<u32> = (0..200_000u32).filter(|_| rng.uniform() < 0.5).collect();
-            seg.truncate(len);
+            let seg = rows_with_gaps(&mut rng, 200_000, len);
             assert_eq!(seg.len(), len);
             cases.push((seg, None));
             let first = 1000 + len % 997;
@@ -1804,13 +1816,7 @@ mod tests {
         }
         for (seg, first) in cases {
             for (feature, bin) in [(0, 0), (0, 100), (0, 254), (1, 2), (1, 254)] {
-                let split = Split {
-                    gain: 1.0,
-                    feature,
-                    bin,
-                    gl: 0.0,
-                    hl: 0.0,
-                };
+                let split = split_at(feature, bin);
                 let m = seg.len();
                 let case = format!("len {m}, first {first:?}, feature {feature}, bin {bin}");
                 let (mut serial, mut serial_other) = (seg.clone(), vec![u32::MAX; m]);
