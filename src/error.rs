@@ -1,7 +1,11 @@
-//! One error type for the library, grouped by what the user has to do about it.
-//! Each variant maps to one exit code of SPEC §2.
+//! One error type for the library, grouped by what the user has to do about it. Each variant
+//! maps to one exit code (README, "What a run does"): 1 a check failed, 2 bad usage or pipeline file,
+//! 3 unusable input data, 4 storage or infrastructure.
 
 use std::fmt;
+
+/// The error a storage failure came from, kept so its cause can be followed (`source()`).
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The crate's result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -25,9 +29,14 @@ pub enum Error {
     #[error("{0}")]
     CheckFailed(String),
 
-    /// Storage or other infrastructure failure (exit 4).
-    #[error("{0}")]
-    Storage(String),
+    /// Storage failed: refused, unreachable, too slow (exit 4). The message says what to check;
+    /// `source` is the storage library's error, when there is one.
+    #[error("{message}")]
+    Storage {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
 
     /// A stage exceeded its timeout or failed for a reason outside the data (exit 4).
     #[error("{0}")]
@@ -52,14 +61,27 @@ fn render_config(file: &str, problems: &[String]) -> String {
 }
 
 impl Error {
-    /// The process exit code for this error (SPEC §2).
+    /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::CheckFailed(_) => 1,
             Error::Config { .. } | Error::Usage(_) => 2,
             Error::Data(_) => 3,
-            Error::Storage(_) | Error::Infra(_) => 4,
+            Error::Storage { .. } | Error::Infra(_) => 4,
         }
+    }
+
+    /// A storage failure with no underlying error to keep.
+    pub fn storage(message: impl Into<String>) -> Error {
+        Error::Storage {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Whether retrying may help: storage and infrastructure failures.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Storage { .. } | Error::Infra(_))
     }
 
     /// Adds context in front of the message, keeping the kind.
@@ -69,7 +91,10 @@ impl Error {
             Error::Usage(m) => Error::Usage(format!("{ctx}: {m}")),
             Error::Data(m) => Error::Data(format!("{ctx}: {m}")),
             Error::CheckFailed(m) => Error::CheckFailed(format!("{ctx}: {m}")),
-            Error::Storage(m) => Error::Storage(format!("{ctx}: {m}")),
+            Error::Storage { message, source } => Error::Storage {
+                message: format!("{ctx}: {message}"),
+                source,
+            },
             Error::Infra(m) => Error::Infra(format!("{ctx}: {m}")),
         }
     }
@@ -81,7 +106,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Data(_) => "data",
             Error::CheckFailed(_) => "check_failed",
-            Error::Storage(_) => "storage",
+            Error::Storage { .. } => "storage",
             Error::Infra(_) => "infra",
         }
     }
@@ -89,9 +114,7 @@ impl Error {
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::Storage(format!(
-            "{e}; check the storage URL, that the location exists and that the credentials allow access"
-        ))
+        crate::storage::fail("use", "storage", e)
     }
 }
 

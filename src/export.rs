@@ -140,7 +140,7 @@ pub fn step_functions(p: &Pipeline, pipeline_file: &str, t: &EcsTarget) -> Value
     json!({
         "Comment": format!(
             "mlpipe {}: pipeline `{}` ({}), one ECS task per stage, all sharing the run id $$.Execution.Name.{}",
-            crate::engine::CODE_VERSION, p.name, pipeline_file,
+            crate::CODE_VERSION, p.name, pipeline_file,
             if placeholders { " Replace the ${...} placeholders, or pass them as DefinitionSubstitutions." } else { "" }
         ),
         "StartAt": name_of(0),
@@ -168,7 +168,7 @@ fn task(p: &Pipeline, i: usize, pipeline_file: &str, t: &EcsTarget) -> Value {
         + 600;
     json!({
         "Type": "Task",
-        "Comment": format!("{} stage{}", st.kind.name(), st.description.as_ref().map(|d| format!(": {d}")).unwrap_or_default()),
+        "Comment": format!("{} stage{}", st.kind(), st.description.as_ref().map(|d| format!(": {d}")).unwrap_or_default()),
         "Resource": "arn:aws:states:::ecs:runTask.sync",
         "Parameters": {
             "Cluster": t.cluster,

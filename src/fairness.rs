@@ -1,4 +1,4 @@
-//! Group fairness (SPEC §8), with fairlearn's definitions: per-group size and selection rate,
+//! Group fairness, with fairlearn's definitions: per-group size and selection rate,
 //! the demographic parity ratio (smallest selection rate ÷ largest) and the equal-opportunity
 //! ratio (smallest true-positive rate ÷ largest). Groups below a minimum size are reported but
 //! left out of the ratios; a bootstrap gives a confidence interval for each ratio.

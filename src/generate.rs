@@ -1,4 +1,5 @@
-//! `mlpipe generate`: synthetic customer data with the statistical story of SPEC §4.
+//! `mlpipe generate`: synthetic customer data with the statistical story of real engagement data
+//! (README, "Synthetic data").
 //!
 //! A latent activity level drives sessions, recency, feature use, spend and the three targets;
 //! customers aged 18–24 churn somewhat more; `drift` shifts three features of the `current`

@@ -15,7 +15,7 @@ pub mod error;
 pub mod export;
 pub mod fairness;
 pub mod generate;
-pub mod health;
+pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod quality;
@@ -26,5 +26,10 @@ pub mod stats;
 pub mod storage;
 pub mod summary;
 pub mod telemetry;
+pub mod time;
 
 pub use error::{Error, Result};
+
+/// The version of this build: recorded in manifests and registry entries, and part of every
+/// stage's fingerprint (a new version recomputes rather than reuses).
+pub const CODE_VERSION: &str = env!("CARGO_PKG_VERSION");

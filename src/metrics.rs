@@ -1,5 +1,175 @@
-//! Model metrics, with scikit-learn's definitions (SPEC §7). Pure functions over slices; an
-//! error for inputs that leave a metric undefined.
+//! Model metrics, with scikit-learn's definitions (metric values agree with scikit-learn's to
+//! 1e-9). [`Metric`] names them once for the pipeline file's gates, the train stage, the registry
+//! and the health check; the functions are pure, over slices, with an error for inputs that leave
+//! a metric undefined.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Task;
+
+/// A metric a model is measured by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    R2,
+    Rmse,
+    Mae,
+    Auc,
+    LogLoss,
+    Brier,
+    Precision,
+    Recall,
+    F1,
+    /// The share of rows predicted positive at the threshold: reported, not a measure of
+    /// quality, so no gate may use it.
+    PositiveRate,
+}
+
+/// A model's metrics, in the order [`evaluate`] computes them. An undefined value is NaN, written
+/// as `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Metrics(#[serde(deserialize_with = "crate::json::nan_map")] pub IndexMap<Metric, f64>);
+
+impl std::ops::Deref for Metrics {
+    type Target = IndexMap<Metric, f64>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Metrics {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Metrics {
+    type Item = (&'a Metric, &'a f64);
+    type IntoIter = indexmap::map::Iter<'a, Metric, f64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Metric {
+    const ALL: [Metric; 10] = [
+        Metric::R2,
+        Metric::Rmse,
+        Metric::Mae,
+        Metric::Auc,
+        Metric::LogLoss,
+        Metric::Brier,
+        Metric::Precision,
+        Metric::Recall,
+        Metric::F1,
+        Metric::PositiveRate,
+    ];
+
+    /// The metrics of a task that measure quality (usable in gates), in the order they are
+    /// reported.
+    pub fn of(task: Task) -> &'static [Metric] {
+        match task {
+            Task::Regression => &[Metric::R2, Metric::Rmse, Metric::Mae],
+            Task::Binary => &[
+                Metric::Auc,
+                Metric::LogLoss,
+                Metric::Brier,
+                Metric::Precision,
+                Metric::Recall,
+                Metric::F1,
+            ],
+        }
+    }
+
+    /// The name in pipeline files, `metrics.json` and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::R2 => "r2",
+            Metric::Rmse => "rmse",
+            Metric::Mae => "mae",
+            Metric::Auc => "auc",
+            Metric::LogLoss => "log_loss",
+            Metric::Brier => "brier",
+            Metric::Precision => "precision",
+            Metric::Recall => "recall",
+            Metric::F1 => "f1",
+            Metric::PositiveRate => "positive_rate",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The task whose models produce it.
+    pub fn task(self) -> Task {
+        match self {
+            Metric::R2 | Metric::Rmse | Metric::Mae => Task::Regression,
+            _ => Task::Binary,
+        }
+    }
+
+    /// Whether a larger value is a better model (errors and losses: no).
+    pub fn higher_is_better(self) -> bool {
+        !matches!(
+            self,
+            Metric::Rmse | Metric::Mae | Metric::LogLoss | Metric::Brier
+        )
+    }
+
+    /// Whether `ours` is at least as good as `theirs`.
+    pub fn at_least_as_good(self, ours: f64, theirs: f64) -> bool {
+        if self.higher_is_better() {
+            ours >= theirs
+        } else {
+            ours <= theirs
+        }
+    }
+
+    /// The metric a model of `task` is judged by when its gates name none.
+    pub fn primary(task: Task) -> Metric {
+        match task {
+            Task::Regression => Metric::R2,
+            Task::Binary => Metric::Auc,
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Every metric of a task on truth `y` and predictions `p` (probabilities for a binary task,
+/// whose decision threshold is `threshold`).
+pub fn evaluate(task: Task, y: &[f64], p: &[f64], threshold: f64) -> Result<Metrics, MetricError> {
+    let mut m = Metrics::default();
+    match task {
+        Task::Regression => {
+            m.insert(Metric::R2, r2(y, p)?);
+            m.insert(Metric::Rmse, rmse(y, p)?);
+            m.insert(Metric::Mae, mae(y, p)?);
+        }
+        Task::Binary => {
+            let yb: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
+            m.insert(Metric::Auc, roc_auc(&yb, p)?);
+            m.insert(Metric::LogLoss, log_loss(&yb, p)?);
+            m.insert(Metric::Brier, brier(&yb, p)?);
+            let c = Confusion::at(&yb, p, threshold)?;
+            m.insert(Metric::Precision, c.precision());
+            m.insert(Metric::Recall, c.recall());
+            m.insert(Metric::F1, c.f1());
+            m.insert(
+                Metric::PositiveRate,
+                p.iter().filter(|v| **v >= threshold).count() as f64 / p.len() as f64,
+            );
+        }
+    }
+    Ok(m)
+}
 
 /// Why a metric cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The data-quality checks of SPEC §6 over a [`Table`] in its declared schema: null rates,
+//! The data-quality checks over a [`Table`] in its declared schema: null rates,
 //! schema violations, outliers, duplicates and freshness, each with a `pass`/`warn`/`fail` status,
 //! plus the split of rows into clean and rejected (with every reason a row was rejected).
 //!
@@ -57,7 +57,7 @@ pub struct CheckResult {
     pub warn: f64,
     pub fail: f64,
     pub status: Status,
-    pub on_fail: String,
+    pub on_fail: OnFail,
     /// The worst columns, worst first (column, value).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worst: Vec<(String, f64)>,
@@ -77,10 +77,7 @@ impl CheckResult {
             warn: check.warn,
             fail: check.fail,
             status: Status::of(value, check),
-            on_fail: match check.on_fail {
-                OnFail::Stop => "stop".into(),
-                OnFail::Continue => "continue".into(),
-            },
+            on_fail: check.on_fail,
             worst,
             details,
         }
@@ -88,7 +85,7 @@ impl CheckResult {
 
     /// Whether this result stops the pipeline.
     pub fn stops(&self) -> bool {
-        self.status == Status::Fail && self.on_fail == "stop"
+        self.status == Status::Fail && self.on_fail == OnFail::Stop
     }
 }
 
@@ -99,7 +96,7 @@ pub struct DatasetReport {
     pub clean_rows: u64,
     pub rejected_rows: u64,
     pub status: Status,
-    /// Check name → result, in the order of SPEC §6.
+    /// Check name → result: null rate, schema violations, outliers, duplicates, freshness.
     pub checks: indexmap::IndexMap<String, CheckResult>,
 }
 

@@ -1,4 +1,4 @@
-//! The model registry (SPEC §10), under the `registry` root.
+//! The model registry, under the `registry` root.
 //!
 //! Each model has an append-only log of commits, `<model>/log/<seq>.json`, each written with a
 //! create-only put (`If-None-Match: *` on S3, an atomic hard link on local disks): a writer reads
@@ -26,7 +26,22 @@ pub enum Status {
     Rejected,
 }
 
-/// One model version: the seeds' fields, then the extensions of SPEC §10.
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Candidate => "candidate",
+            Status::Production => "production",
+            Status::Archived => "archived",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// One model version: the fields of the registry document the monitoring strategy specifies
+/// (`model_id`, `training_date`, `deployment_date`, `status`, `metrics` with `fairness`,
+/// `data_version`, `training_duration_min`, `last_evaluated`), then what makes a version
+/// reproducible and traceable (run, artifact and its SHA-256, algorithm, parameters, features,
+/// training data, drift summary, code version).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionDoc {
     pub model_id: String,
@@ -34,7 +49,7 @@ pub struct VersionDoc {
     pub deployment_date: Option<String>,
     pub status: Status,
     /// Holdout metrics, plus `fairness` (`gender_parity`, `age_parity`, `location_parity`, …).
-    pub metrics: serde_json::Value,
+    pub metrics: VersionMetrics,
     pub data_version: String,
     pub training_duration_min: f64,
     pub last_evaluated: String,
@@ -52,6 +67,16 @@ pub struct VersionDoc {
     /// Why the version is rejected or stayed a candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A version's metrics: the holdout metrics at training, and its fairness ratios.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionMetrics {
+    #[serde(flatten)]
+    pub holdout: crate::metrics::Metrics,
+    /// `<attribute>_parity` → the demographic parity ratio on the holdout.
+    #[serde(default, deserialize_with = "crate::json::nan_map")]
+    pub fairness: indexmap::IndexMap<String, f64>,
 }
 
 /// One change in a commit.
@@ -226,7 +251,7 @@ impl Registry {
             ))
             .await;
         }
-        Err(Error::Storage(format!(
+        Err(Error::storage(format!(
             "registry for `{model}`: {MAX_ATTEMPTS} concurrent commits in a row; try again"
         )))
     }
@@ -313,7 +338,12 @@ mod tests {
             training_date: "2026-11-20".into(),
             deployment_date: None,
             status,
-            metrics: serde_json::json!({ "r2": 0.8 }),
+            metrics: VersionMetrics {
+                holdout: crate::metrics::Metrics(
+                    [(crate::metrics::Metric::R2, 0.8)].into_iter().collect(),
+                ),
+                fairness: Default::default(),
+            },
             data_version: "d".into(),
             training_duration_min: 0.1,
             last_evaluated: "2026-11-20T00:00:00Z".into(),

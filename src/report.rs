@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::config::StageKind;
 use crate::engine::manifest::{Manifest, StageRecord};
+use crate::stages::{drift, fairness, register, train, validate};
 use crate::storage::Store;
 
 fn esc(s: &str) -> String {
@@ -140,15 +142,24 @@ fn timeline(m: &Manifest) -> String {
     s
 }
 
-async fn output_json(store: &Store, r: &StageRecord, name: &str) -> Option<Value> {
+/// An output document of a stage, read as its type (`None` if missing or not readable).
+async fn output<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    r: &StageRecord,
+    name: &str,
+) -> Option<T> {
     let out = r.output(name)?;
-    store.get_json::<Value>(&out.path).await.ok().flatten()
+    store.get_json::<T>(&out.path).await.ok().flatten()
+}
+
+fn f(x: f64) -> String {
+    num(&Value::from(x))
 }
 
 /// Builds the report of the run in `m`.
 pub async fn build(m: &Manifest, artifacts: &Store) -> String {
     let mut body = String::new();
-    let by_kind = |kind: &str| -> Vec<(&String, &StageRecord)> {
+    let by_kind = |kind: StageKind| -> Vec<(&String, &StageRecord)> {
         m.stages
             .iter()
             .filter(|(_, r)| r.kind == kind && r.status.is_done())
@@ -164,7 +175,7 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
             body,
             r#"<tr><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
             esc(n),
-            esc(&r.kind),
+            esc(r.kind.name()),
             status_class(st),
             esc(st),
             r.attempts,
@@ -174,271 +185,277 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
     }
     body.push_str("</table>");
 
-    // Quality.
-    for (_, r) in by_kind("validate") {
-        let Some(q) = output_json(artifacts, r, "quality").await else {
-            continue;
-        };
-        body.push_str("<h2>Data quality</h2>");
-        for (ds, d) in q["datasets"].as_object().into_iter().flatten() {
-            let _ = write!(
-                body,
-                "<h3>{} <small>{} rows, {} rejected</small></h3><table><tr><th>check</th><th>value</th><th>warn above</th><th>fail above</th><th>status</th><th>worst</th></tr>",
-                esc(ds),
-                num(&d["rows"]),
-                num(&d["rejected_rows"])
-            );
-            for (check, c) in d["checks"].as_object().into_iter().flatten() {
-                let status = c["status"].as_str().unwrap_or("");
-                let worst: Vec<String> = c["worst"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .take(3)
-                    .map(|w| format!("{} {}", w[0].as_str().unwrap_or(""), num(&w[1])))
-                    .collect();
-                let _ = write!(
-                    body,
-                    r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td></tr>"#,
-                    esc(check),
-                    num(&c["value"]),
-                    num(&c["warn"]),
-                    num(&c["fail"]),
-                    status_class(status),
-                    esc(status),
-                    esc(&worst.join(", "))
-                );
-            }
-            body.push_str("</table>");
+    for (_, r) in by_kind(StageKind::Validate) {
+        if let Some(q) = output::<validate::Report>(artifacts, r, "quality").await {
+            quality_section(&mut body, &q);
         }
     }
-
-    // Models.
-    let register = match by_kind("register").first() {
-        Some((_, r)) => output_json(artifacts, r, "register").await,
+    let register = match by_kind(StageKind::Register).first() {
+        Some((_, r)) => output::<register::Report>(artifacts, r, "register").await,
         None => None,
     };
-    let trains = by_kind("train");
-    if !trains.is_empty() {
-        body.push_str("<h2>Models</h2><table><tr><th>model</th><th>holdout metrics</th><th>gates</th><th>registry</th></tr>");
-        for (_, r) in trains {
-            let Some(mt) = output_json(artifacts, r, "metrics").await else {
-                continue;
-            };
-            let model = mt["model"].as_str().unwrap_or("");
-            let metrics: Vec<String> = mt["metrics"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k} {}", num(v)))
+    let mut trained = Vec::new();
+    for (_, r) in by_kind(StageKind::Train) {
+        if let Some(t) = output::<train::Report>(artifacts, r, "metrics").await {
+            trained.push(t);
+        }
+    }
+    models_section(&mut body, &trained, register.as_ref());
+    for (_, r) in by_kind(StageKind::Fairness) {
+        if let Some(fr) = output::<fairness::Report>(artifacts, r, "fairness").await {
+            fairness_section(&mut body, &fr);
+        }
+    }
+    for (_, r) in by_kind(StageKind::Drift) {
+        if let Some(d) = output::<drift::Report>(artifacts, r, "drift").await {
+            drift_section(&mut body, &d);
+        }
+    }
+    for (_, r) in by_kind(StageKind::Score) {
+        scores_section(&mut body, r);
+    }
+    page(m, &body)
+}
+
+fn quality_section(body: &mut String, q: &validate::Report) {
+    body.push_str("<h2>Data quality</h2>");
+    for (ds, d) in &q.datasets {
+        let _ = write!(
+            body,
+            "<h3>{} <small>{} rows, {} rejected</small></h3><table><tr><th>check</th><th>value</th><th>warn above</th><th>fail above</th><th>status</th><th>worst</th></tr>",
+            esc(ds),
+            f(d.rows as f64),
+            f(d.rejected_rows as f64)
+        );
+        for (check, c) in &d.checks {
+            let status = c.status.as_str();
+            let worst: Vec<String> = c
+                .worst
+                .iter()
+                .take(3)
+                .map(|(col, v)| format!("{col} {}", f(*v)))
                 .collect();
-            let gates: Vec<String> = mt["gates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|g| {
-                    let ok = g["passed"].as_bool().unwrap_or(false);
-                    format!(
-                        r#"<span class="{}">{} ({})</span>"#,
-                        if ok { "ok" } else { "bad" },
-                        esc(g["gate"].as_str().unwrap_or("")),
-                        num(&g["value"])
-                    )
-                })
-                .collect();
-            let decision = register
-                .as_ref()
-                .map(|reg| &reg["models"][model])
-                .filter(|d| !d.is_null())
-                .map(|d| {
-                    let status = d["status"].as_str().unwrap_or("");
-                    format!(
-                        r#"<span class="{}">{} {}</span>{}{}"#,
-                        status_class(status),
-                        esc(d["model_id"].as_str().unwrap_or("")),
-                        esc(status),
-                        d["production"]
-                            .as_u64()
-                            .map(|v| format!("; production: v{v}"))
-                            .unwrap_or_default(),
-                        d["reason"]
-                            .as_str()
-                            .map(|r| format!("<br><small>{}</small>", esc(r)))
-                            .unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| "not registered in this run".into());
             let _ = write!(
                 body,
-                "<tr><td><b>{}</b><br><small>{} · {:.2} s</small></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(model),
-                esc(mt["algorithm"].as_str().unwrap_or("")),
-                mt["training_seconds"].as_f64().unwrap_or(0.0),
-                esc(&metrics.join(" · ")),
-                gates.join("<br>"),
-                decision
+                r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td></tr>"#,
+                esc(check),
+                f(c.value),
+                f(c.warn),
+                f(c.fail),
+                status_class(status),
+                esc(status),
+                esc(&worst.join(", "))
             );
         }
         body.push_str("</table>");
     }
+}
 
-    // Fairness.
-    for (_, r) in by_kind("fairness") {
-        let Some(f) = output_json(artifacts, r, "fairness").await else {
-            continue;
-        };
-        let threshold = f["threshold"].as_f64().unwrap_or(0.8);
-        let _ = write!(
-            body,
-            "<h2>Fairness <small>threshold {threshold}, groups under {} rows not counted</small></h2>",
-            num(&f["min_group_size"])
-        );
-        for (model, md) in f["models"].as_object().into_iter().flatten() {
-            for (attr, a) in md["attributes"].as_object().into_iter().flatten() {
-                let dpr = a["demographic_parity_ratio"].as_f64();
-                let ci = |k: &str| {
-                    a[k].as_array()
-                        .filter(|c| c.len() == 2)
-                        .map(|c| format!(" [{}, {}]", num(&c[0]), num(&c[1])))
-                        .unwrap_or_default()
-                };
-                let eor = a["equal_opportunity_ratio"]
-                    .as_f64()
-                    .map(|e| {
-                        format!(
-                            " · equal opportunity {}{}",
-                            num(&Value::from(e)),
-                            ci("equal_opportunity_ci")
-                        )
-                    })
-                    .unwrap_or_default();
-                let bad = dpr.is_some_and(|d| d < threshold);
-                let _ = write!(
-                    body,
-                    r#"<h3>{} · {} <small class="{}">parity {}{}{}</small></h3>"#,
-                    esc(model),
-                    esc(attr),
-                    if bad { "bad" } else { "ok" },
-                    dpr.map(|d| num(&Value::from(d))).unwrap_or("—".into()),
-                    ci("demographic_parity_ci"),
-                    eor
-                );
-                let groups: Vec<(String, f64, bool)> = a["groups"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(g, v)| {
-                        (
-                            format!(
-                                "{g} (n={}{})",
-                                num(&v["size"]),
-                                if v["counted"].as_bool() == Some(false) {
-                                    ", not counted"
-                                } else {
-                                    ""
-                                }
-                            ),
-                            v["selection_rate"].as_f64().unwrap_or(0.0),
-                            false,
-                        )
-                    })
-                    .collect();
-                let max = groups.iter().map(|g| g.1).fold(0.0, f64::max);
-                body.push_str("<p class=\"cap\">selection rate per group</p>");
-                body.push_str(&bars(&groups, max, None, ""));
-            }
-        }
+fn models_section(
+    body: &mut String,
+    trained: &[train::Report],
+    register: Option<&register::Report>,
+) {
+    if trained.is_empty() {
+        return;
     }
-
-    // Drift.
-    for (_, r) in by_kind("drift") {
-        let Some(d) = output_json(artifacts, r, "drift").await else {
-            continue;
-        };
-        let ks_t = d["ks_threshold"].as_f64().unwrap_or(0.1);
-        let _ = write!(
-            body,
-            "<h2>Drift <small>KS threshold {ks_t}, PSI threshold {}</small></h2>",
-            num(&d["psi_threshold"])
-        );
-        let mut ks: Vec<(String, f64, bool)> = Vec::new();
-        let mut psi: Vec<(String, f64, bool)> = Vec::new();
-        for (f, v) in d["features"].as_object().into_iter().flatten() {
-            let drifted = v["drifted"].as_bool().unwrap_or(false);
-            if let Some(k) = v["ks"].as_f64() {
-                ks.push((f.clone(), k, drifted));
-            } else if let Some(p) = v["psi"].as_f64() {
-                psi.push((f.clone(), p, drifted));
-            }
-        }
-        for (m, v) in d["predictions"].as_object().into_iter().flatten() {
-            if let Some(k) = v["ks"].as_f64() {
-                ks.push((
-                    format!("prediction: {m}"),
-                    k,
-                    v["drifted"].as_bool().unwrap_or(false),
-                ));
-            }
-        }
-        let max = ks.iter().map(|x| x.1).fold(ks_t * 1.5, f64::max);
-        body.push_str("<p class=\"cap\">KS statistic, numeric features and predictions</p>");
-        body.push_str(&bars(&ks, max, Some(ks_t), ""));
-        if !psi.is_empty() {
-            let pt = d["psi_threshold"].as_f64().unwrap_or(0.1);
-            let max = psi.iter().map(|x| x.1).fold(pt * 1.5, f64::max);
-            body.push_str("<p class=\"cap\">PSI, categorical features</p>");
-            body.push_str(&bars(&psi, max, Some(pt), ""));
-        }
-    }
-
-    // Score distributions, from the score stage's samples (cumulative counts per bound).
-    for (_, r) in by_kind("score") {
-        let mut per_model: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
-        for s in r
-            .samples
+    body.push_str("<h2>Models</h2><table><tr><th>model</th><th>holdout metrics</th><th>gates</th><th>registry</th></tr>");
+    for mt in trained {
+        let metrics: Vec<String> = mt
+            .metrics
             .iter()
-            .filter(|s| s.name == "model_score_distribution")
-        {
-            let label = |k: &str| s.labels.iter().find(|l| l.0 == k).map(|l| l.1.clone());
-            let (Some(model), Some(bound)) = (label("model"), label("upper_bound")) else {
-                continue;
-            };
-            let b = if bound == "+Inf" {
-                f64::INFINITY
-            } else {
-                bound.parse().unwrap_or(f64::NAN)
-            };
-            per_model.entry(model).or_default().push((b, s.value));
-        }
-        if per_model.is_empty() {
-            continue;
-        }
-        body.push_str("<h2>Scores of the current customers</h2>");
-        for (model, mut cum) in per_model {
-            cum.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut prev_b = f64::NEG_INFINITY;
-            let mut prev_n = 0.0;
-            let mut rows = Vec::new();
-            for (b, n) in cum {
-                let label = match (prev_b.is_finite(), b.is_finite()) {
-                    (false, true) => format!("≤ {}", num(&Value::from(b))),
-                    (true, true) => {
-                        format!("{} – {}", num(&Value::from(prev_b)), num(&Value::from(b)))
-                    }
-                    _ => format!("> {}", num(&Value::from(prev_b))),
-                };
-                if n - prev_n > 0.0 || b.is_finite() {
-                    rows.push((label, n - prev_n, false));
-                }
-                prev_b = b;
-                prev_n = n;
-            }
-            let max = rows.iter().map(|r| r.1).fold(0.0, f64::max);
-            let _ = write!(body, "<h3>{}</h3>", esc(&model));
-            body.push_str(&bars(&rows, max, None, ""));
+            .map(|(k, v)| format!("{k} {}", f(*v)))
+            .collect();
+        let gates: Vec<String> = mt
+            .gates
+            .iter()
+            .map(|g| {
+                format!(
+                    r#"<span class="{}">{} ({})</span>"#,
+                    if g.passed { "ok" } else { "bad" },
+                    esc(&g.gate.to_string()),
+                    f(g.value)
+                )
+            })
+            .collect();
+        let decision = register
+            .and_then(|reg| reg.models.get(&mt.model))
+            .map(|d| {
+                let status = d.status.as_str();
+                format!(
+                    r#"<span class="{}">{} {}</span>{}{}"#,
+                    status_class(status),
+                    esc(&d.model_id),
+                    esc(status),
+                    d.production
+                        .map(|v| format!("; production: v{v}"))
+                        .unwrap_or_default(),
+                    d.reason
+                        .as_deref()
+                        .map(|r| format!("<br><small>{}</small>", esc(r)))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "not registered in this run".into());
+        let _ = write!(
+            body,
+            "<tr><td><b>{}</b><br><small>{} · {:.2} s</small></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&mt.model),
+            esc(&mt.algorithm),
+            mt.training_seconds,
+            esc(&metrics.join(" · ")),
+            gates.join("<br>"),
+            decision
+        );
+    }
+    body.push_str("</table>");
+}
+
+fn fairness_section(body: &mut String, fr: &fairness::Report) {
+    let threshold = fr.threshold;
+    let _ = write!(
+        body,
+        "<h2>Fairness <small>threshold {threshold}, groups under {} rows not counted</small></h2>",
+        f(fr.min_group_size as f64)
+    );
+    let ci = |c: Option<(f64, f64)>| {
+        c.map(|(lo, hi)| format!(" [{}, {}]", f(lo), f(hi)))
+            .unwrap_or_default()
+    };
+    for (model, md) in &fr.models {
+        for (attr, a) in &md.attributes {
+            let dpr = Some(a.demographic_parity_ratio).filter(|d| d.is_finite());
+            let eor = a
+                .equal_opportunity_ratio
+                .map(|e| {
+                    format!(
+                        " · equal opportunity {}{}",
+                        f(e),
+                        ci(a.equal_opportunity_ci)
+                    )
+                })
+                .unwrap_or_default();
+            let bad = dpr.is_some_and(|d| d < threshold);
+            let _ = write!(
+                body,
+                r#"<h3>{} · {} <small class="{}">parity {}{}{}</small></h3>"#,
+                esc(model),
+                esc(attr),
+                if bad { "bad" } else { "ok" },
+                dpr.map(f).unwrap_or("—".into()),
+                ci(a.demographic_parity_ci),
+                eor
+            );
+            let groups: Vec<(String, f64, bool)> = a
+                .groups
+                .iter()
+                .map(|(g, v)| {
+                    let label = format!(
+                        "{g} (n={}{})",
+                        f(v.size as f64),
+                        if v.counted { "" } else { ", not counted" }
+                    );
+                    let rate = if v.selection_rate.is_finite() {
+                        v.selection_rate
+                    } else {
+                        0.0
+                    };
+                    (label, rate, false)
+                })
+                .collect();
+            let max = groups.iter().map(|g| g.1).fold(0.0, f64::max);
+            body.push_str("<p class=\"cap\">selection rate per group</p>");
+            body.push_str(&bars(&groups, max, None, ""));
         }
     }
+}
 
+fn drift_section(body: &mut String, d: &drift::Report) {
+    let ks_t = d.ks_threshold;
+    let _ = write!(
+        body,
+        "<h2>Drift <small>KS threshold {ks_t}, PSI threshold {}</small></h2>",
+        f(d.psi_threshold)
+    );
+    let mut ks: Vec<(String, f64, bool)> = Vec::new();
+    let mut psi: Vec<(String, f64, bool)> = Vec::new();
+    for (name, v) in &d.features {
+        match v {
+            drift::FeatureDrift::Numeric(n) => {
+                if let Some(k) = n.ks {
+                    ks.push((name.clone(), k, n.drifted));
+                }
+            }
+            drift::FeatureDrift::Categorical(c) if c.psi.is_finite() => {
+                psi.push((name.clone(), c.psi, c.drifted))
+            }
+            drift::FeatureDrift::Categorical(_) => {}
+        }
+    }
+    for (m, v) in &d.predictions {
+        ks.push((format!("prediction: {m}"), v.ks, v.drifted));
+    }
+    let max = ks.iter().map(|x| x.1).fold(ks_t * 1.5, f64::max);
+    body.push_str("<p class=\"cap\">KS statistic, numeric features and predictions</p>");
+    body.push_str(&bars(&ks, max, Some(ks_t), ""));
+    if !psi.is_empty() {
+        let pt = d.psi_threshold;
+        let max = psi.iter().map(|x| x.1).fold(pt * 1.5, f64::max);
+        body.push_str("<p class=\"cap\">PSI, categorical features</p>");
+        body.push_str(&bars(&psi, max, Some(pt), ""));
+    }
+}
+
+/// Score distributions, from the score stage's samples (cumulative counts per bound).
+fn scores_section(body: &mut String, r: &StageRecord) {
+    let mut per_model: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for s in r
+        .samples
+        .iter()
+        .filter(|s| s.name == "model_score_distribution")
+    {
+        let label = |k: &str| s.labels.iter().find(|l| l.0 == k).map(|l| l.1.clone());
+        let (Some(model), Some(bound)) = (label("model"), label("upper_bound")) else {
+            return;
+        };
+        let b = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().unwrap_or(f64::NAN)
+        };
+        per_model.entry(model).or_default().push((b, s.value));
+    }
+    if per_model.is_empty() {
+        return;
+    }
+    body.push_str("<h2>Scores of the current customers</h2>");
+    for (model, mut cum) in per_model {
+        cum.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut prev_b = f64::NEG_INFINITY;
+        let mut prev_n = 0.0;
+        let mut rows = Vec::new();
+        for (b, n) in cum {
+            let label = match (prev_b.is_finite(), b.is_finite()) {
+                (false, true) => format!("≤ {}", num(&Value::from(b))),
+                (true, true) => {
+                    format!("{} – {}", num(&Value::from(prev_b)), num(&Value::from(b)))
+                }
+                _ => format!("> {}", num(&Value::from(prev_b))),
+            };
+            if n - prev_n > 0.0 || b.is_finite() {
+                rows.push((label, n - prev_n, false));
+            }
+            prev_b = b;
+            prev_n = n;
+        }
+        let max = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+        let _ = write!(body, "<h3>{}</h3>", esc(&model));
+        body.push_str(&bars(&rows, max, None, ""));
+    }
+}
+
+/// The page around the sections.
+fn page(m: &Manifest, body: &str) -> String {
     let status = &status_text(m.status);
     format!(
         r#"<!DOCTYPE html>

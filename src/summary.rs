@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::config::Pipeline;
-use crate::engine::manifest::{Manifest, RunStatus, StageStatus};
+use crate::engine::manifest::{Manifest, RunStatus, StageRecord, StageStatus, Summary};
 use crate::engine::{Action, Plan};
 use crate::stages::validate::fmt_value;
 
@@ -27,7 +27,8 @@ fn secs(s: Option<f64>) -> String {
     }
 }
 
-/// The end-of-run summary (SPEC §2).
+/// The end-of-run summary: each stage's status, time and figures, the quality checks, and where
+/// the manifest and the report are.
 pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str) -> String {
     let mut s = String::new();
     let status = match m.status {
@@ -92,37 +93,20 @@ pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str) -> String {
     }
     // Quality, from every validate stage that has results.
     let mut quality = String::new();
-    for r in m
-        .stages
-        .values()
-        .filter(|r| r.kind == "validate" && r.status.is_done())
-    {
-        if let Some(obj) = r.summary.as_object() {
-            for (ds, q) in obj {
-                let rows = q["rows"].as_u64().unwrap_or(0);
-                let rejected = q["rejected_rows"].as_u64().unwrap_or(0);
-                let checks = q["checks"]
-                    .as_object()
-                    .map(|c| {
-                        c.iter()
-                            .map(|(k, v)| {
-                                format!(
-                                    "{k} {} {}",
-                                    v["status"].as_str().unwrap_or("?"),
-                                    fmt_value(k, v["value"].as_f64().unwrap_or(f64::NAN))
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(" · ")
-                    })
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    quality,
-                    "  {ds:<12} {} rows, {} rejected — {checks}",
-                    thousands(rows),
-                    thousands(rejected)
-                );
-            }
+    for v in m.stages.values().filter_map(StageRecord::validate) {
+        for (ds, q) in &v.0 {
+            let checks = q
+                .checks
+                .iter()
+                .map(|(k, c)| format!("{k} {} {}", c.status.as_str(), fmt_value(k, c.value)))
+                .collect::<Vec<_>>()
+                .join(" · ");
+            let _ = writeln!(
+                quality,
+                "  {ds:<12} {} rows, {} rejected — {checks}",
+                thousands(q.rows),
+                thousands(q.rejected_rows)
+            );
         }
     }
     if !quality.is_empty() {
@@ -138,153 +122,99 @@ pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str) -> String {
     s
 }
 
-fn stage_note(r: &crate::engine::manifest::StageRecord) -> String {
-    match r.kind.as_str() {
-        "load" => r.summary["rows"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| format!("{k} {} rows", thousands(v.as_u64().unwrap_or(0))))
-                    .collect::<Vec<_>>()
-                    .join(" · ")
-            })
-            .unwrap_or_default(),
-        "validate" => r
-            .summary
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| {
-                        format!(
-                            "{k} {} ({} rejected)",
-                            v["status"].as_str().unwrap_or("?"),
-                            thousands(v["rejected_rows"].as_u64().unwrap_or(0))
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" · ")
-            })
-            .unwrap_or_default(),
-        "train" => {
-            let metrics = r.summary["metrics"].as_object();
-            let mut parts: Vec<String> = metrics
-                .map(|m| {
-                    m.iter()
-                        .take(3)
-                        .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(f64::NAN)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            match r.summary["gate_failures"].as_array() {
-                Some(f) if !f.is_empty() => parts.push(format!(
-                    "GATE FAILED: {}",
-                    f.iter()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )),
-                _ if r.summary["passed"] == serde_json::Value::Bool(true) => {
-                    parts.push("gates passed".into())
-                }
-                _ => {}
-            }
-            parts.join(" · ")
-        }
-        "score" => format!(
-            "{} rows scored{}",
-            thousands(r.summary["rows"].as_u64().unwrap_or(0)),
-            r.summary["models"]
-                .as_object()
-                .map(|m| m
-                    .iter()
-                    .filter_map(|(k, v)| v["positive_rate"]
-                        .as_f64()
-                        .map(|x| format!(" · {k} positive rate {:.1}%", x * 100.0)))
-                    .collect::<String>())
-                .unwrap_or_default()
+/// What a stage's figures say, on one line.
+fn stage_note(r: &StageRecord) -> String {
+    let join = |parts: Vec<String>| parts.join(" · ");
+    match &r.summary {
+        None => String::new(),
+        Some(Summary::Load(l)) => join(
+            l.rows
+                .iter()
+                .map(|(k, v)| format!("{k} {} rows", thousands(*v)))
+                .collect(),
         ),
-        "drift" => {
-            let list = |k: &str| {
-                r.summary[k]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default()
-            };
-            if r.summary["dataset_drift"] == serde_json::Value::Bool(true) {
+        Some(Summary::Validate(v)) => join(
+            v.0.iter()
+                .map(|(k, d)| {
+                    format!(
+                        "{k} {} ({} rejected)",
+                        d.status.as_str(),
+                        thousands(d.rejected_rows)
+                    )
+                })
+                .collect(),
+        ),
+        Some(Summary::Prepare(p)) => format!(
+            "{} training rows · {} holdout rows",
+            thousands(p.train_rows),
+            thousands(p.holdout_rows)
+        ),
+        Some(Summary::Train(t)) => {
+            let mut parts: Vec<String> = t
+                .metrics
+                .iter()
+                .take(3)
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            let failed: Vec<String> = t.failed_gates().map(|g| g.to_string()).collect();
+            if !failed.is_empty() {
+                parts.push(format!("GATE FAILED: {}", failed.join("; ")));
+            } else if t.passed {
+                parts.push("gates passed".into());
+            }
+            join(parts)
+        }
+        Some(Summary::Score(s)) => format!(
+            "{} rows scored{}",
+            thousands(s.rows),
+            s.models
+                .iter()
+                .filter_map(|(k, v)| v
+                    .positive_rate
+                    .map(|x| format!(" · {k} positive rate {:.1}%", x * 100.0)))
+                .collect::<String>()
+        ),
+        Some(Summary::Drift(d)) => {
+            if d.dataset_drift {
                 format!(
                     "DRIFT — features: {} · predictions: {}",
-                    list("drifted_features"),
-                    list("drifted_predictions")
+                    d.drifted_features.join(", "),
+                    d.drifted_predictions.join(", ")
                 )
             } else {
-                format!(
-                    "no drift (max KS {:.3})",
-                    r.summary["max_feature_ks"].as_f64().unwrap_or(0.0)
-                )
+                format!("no drift (max KS {:.3})", d.max_feature_ks)
             }
         }
-        "register" => r.summary["models"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        format!(
-                            "{} {}",
-                            v["model_id"].as_str().unwrap_or(k),
-                            v["status"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" · ")
-            })
-            .unwrap_or_default(),
-        "health" => {
-            if r.summary["healthy"] == serde_json::Value::Bool(true) {
+        Some(Summary::Register(reg)) => join(
+            reg.models
+                .values()
+                .map(|d| format!("{} {}", d.model_id, d.status.as_str()))
+                .collect(),
+        ),
+        Some(Summary::Health(h)) => {
+            if h.healthy {
                 "all production models healthy".into()
             } else {
-                let bad: Vec<String> = r.summary["models"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter(|(_, v)| v["healthy"] == false)
-                            .map(|(k, _)| k.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let bad: Vec<&str> = h
+                    .models
+                    .iter()
+                    .filter(|(_, v)| !v.healthy)
+                    .map(|(k, _)| k.as_str())
+                    .collect();
                 format!("RETRAINING DUE: {}", bad.join(", "))
             }
         }
-        "fairness" => {
-            let v = r.summary["violations"]
-                .as_array()
-                .map(|a| a.len())
-                .unwrap_or(0);
-            let worst = r.summary["parity"]
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(|a| a.as_object())
-                        .flat_map(|a| a.values().filter_map(|x| x.as_f64()))
-                        .fold(f64::INFINITY, f64::min)
-                })
-                .unwrap_or(f64::NAN);
-            if v == 0 {
-                format!("no violation (lowest parity {worst:.3})")
-            } else {
-                format!("{v} VIOLATION(S) below the threshold (lowest parity {worst:.3})")
+        Some(Summary::Fairness(f)) => {
+            let worst = f
+                .parity
+                .values()
+                .flat_map(|a| a.0.values().copied())
+                .fold(f64::INFINITY, f64::min);
+            match f.violations.len() {
+                0 => format!("no violation (lowest parity {worst:.3})"),
+                v => format!("{v} VIOLATION(S) below the threshold (lowest parity {worst:.3})"),
             }
         }
-        "prepare" => format!(
-            "{} training rows · {} holdout rows",
-            thousands(r.summary["train_rows"].as_u64().unwrap_or(0)),
-            thousands(r.summary["holdout_rows"].as_u64().unwrap_or(0))
-        ),
-        _ => String::new(),
     }
 }
 

@@ -2,14 +2,20 @@
 //! [`Pipeline`] with resolved references, or an error listing every problem found.
 
 pub mod compile;
+mod datasets;
 pub mod graph;
+mod models;
 pub mod spec;
+mod stages;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use serde::Serialize;
+
+use crate::metrics::Metric;
+use crate::model::Task;
 
 pub use compile::{compile_file, compile_str, Overrides};
 pub use graph::Dag;
@@ -127,7 +133,7 @@ impl Dataset {
 }
 
 /// What a failed check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFail {
     /// The stage fails and the pipeline stops (exit code 1).
@@ -154,7 +160,7 @@ pub struct OutlierRule {
     pub columns: Option<Vec<String>>,
 }
 
-/// The data-quality checks of SPEC §6.
+/// The data-quality checks: null rate, schema violations, outliers, duplicates, freshness.
 #[derive(Debug, Clone, Serialize)]
 pub struct Quality {
     pub null_rate: Check,
@@ -165,10 +171,81 @@ pub struct Quality {
     pub freshness: Check,
 }
 
+/// The kinds of stage this build runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Load,
+    Validate,
+    Prepare,
+    Train,
+    Score,
+    Drift,
+    Fairness,
+    Register,
+    Health,
+}
+
+impl StageKind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [StageKind; 9] = [
+        StageKind::Load,
+        StageKind::Validate,
+        StageKind::Prepare,
+        StageKind::Train,
+        StageKind::Score,
+        StageKind::Drift,
+        StageKind::Fairness,
+        StageKind::Register,
+        StageKind::Health,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Load => "load",
+            StageKind::Validate => "validate",
+            StageKind::Prepare => "prepare",
+            StageKind::Train => "train",
+            StageKind::Score => "score",
+            StageKind::Drift => "drift",
+            StageKind::Fairness => "fairness",
+            StageKind::Register => "register",
+            StageKind::Health => "health",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StageKind> {
+        StageKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether stages of this kind decode the input datasets (the others read stage outputs).
+    pub fn reads_datasets(self) -> bool {
+        matches!(self, StageKind::Load | StageKind::Validate)
+    }
+
+    /// Whether a stage of this kind is ever reused from an earlier run. A health check looks
+    /// at the registry, which changes between runs (promote, rollback): it runs every time.
+    pub fn reusable(self) -> bool {
+        !matches!(self, StageKind::Health)
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl PartialEq<&str> for StageKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
 /// A stage kind with its checked parameters.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum StageKind {
+pub enum StageParams {
     Load {
         datasets: Vec<String>,
     },
@@ -202,91 +279,116 @@ pub enum StageKind {
     Health,
 }
 
-impl StageKind {
-    pub fn name(&self) -> &'static str {
+impl StageParams {
+    pub fn kind(&self) -> StageKind {
         match self {
-            StageKind::Load { .. } => "load",
-            StageKind::Validate { .. } => "validate",
-            StageKind::Prepare { .. } => "prepare",
-            StageKind::Train { .. } => "train",
-            StageKind::Score { .. } => "score",
-            StageKind::Drift { .. } => "drift",
-            StageKind::Fairness { .. } => "fairness",
-            StageKind::Register { .. } => "register",
-            StageKind::Health => "health",
-        }
-    }
-
-    /// Whether stages of this kind decode the input datasets (the others read stage outputs).
-    pub fn reads_datasets(&self) -> bool {
-        matches!(self, StageKind::Load { .. } | StageKind::Validate { .. })
-    }
-
-    /// The kinds this build knows, for messages.
-    pub const KNOWN: &'static [&'static str] = &[
-        "load", "validate", "prepare", "train", "score", "drift", "fairness", "register", "health",
-    ];
-}
-
-/// What a model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Regression,
-    Binary,
-}
-
-impl Task {
-    /// The metrics a task produces (names usable in gates).
-    pub fn metrics(self) -> &'static [&'static str] {
-        match self {
-            Task::Regression => &["r2", "rmse", "mae"],
-            Task::Binary => &["auc", "log_loss", "brier", "precision", "recall", "f1"],
+            StageParams::Load { .. } => StageKind::Load,
+            StageParams::Validate { .. } => StageKind::Validate,
+            StageParams::Prepare { .. } => StageKind::Prepare,
+            StageParams::Train { .. } => StageKind::Train,
+            StageParams::Score { .. } => StageKind::Score,
+            StageParams::Drift { .. } => StageKind::Drift,
+            StageParams::Fairness { .. } => StageKind::Fairness,
+            StageParams::Register { .. } => StageKind::Register,
+            StageParams::Health => StageKind::Health,
         }
     }
 }
 
-/// A gate: `metric op value`.
+/// A gate: `metric op value`, e.g. `r2 >= 0.75`; written as that text in files.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Gate {
-    pub metric: String,
-    pub op: String,
+    pub metric: Metric,
+    pub op: Op,
     pub value: f64,
 }
 
+/// A gate's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Op {
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = "<")]
+    Lt,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Ge => ">=",
+            Op::Gt => ">",
+            Op::Le => "<=",
+            Op::Lt => "<",
+        }
+    }
+
+    /// Whether `v op bound` holds.
+    pub fn holds(self, v: f64, bound: f64) -> bool {
+        match self {
+            Op::Ge => v >= bound,
+            Op::Gt => v > bound,
+            Op::Le => v <= bound,
+            Op::Lt => v < bound,
+        }
+    }
+}
+
+/// Why a gate's text is not a gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateError {
+    /// Not `metric op value`.
+    Syntax,
+    /// A metric name this build does not know.
+    UnknownMetric(String),
+}
+
 impl Gate {
-    pub fn parse(s: &str) -> Option<Gate> {
+    /// Parses `metric op value`, e.g. `r2 >= 0.75`.
+    pub fn parse(s: &str) -> Result<Gate, GateError> {
         let s = s.trim();
-        for op in [">=", "<=", ">", "<"] {
-            if let Some((m, v)) = s.split_once(op) {
-                let value: f64 = v.trim().parse().ok()?;
-                let metric = m.trim().to_string();
-                if metric.is_empty() || !value.is_finite() {
-                    return None;
+        // Two-character operators first, so `>=` is not read as `>` followed by `=0.75`.
+        for op in [Op::Ge, Op::Le, Op::Gt, Op::Lt] {
+            if let Some((m, v)) = s.split_once(op.as_str()) {
+                let value: f64 = v.trim().parse().map_err(|_| GateError::Syntax)?;
+                let name = m.trim();
+                if name.is_empty() || !value.is_finite() {
+                    return Err(GateError::Syntax);
                 }
-                return Some(Gate {
-                    metric,
-                    op: op.to_string(),
-                    value,
-                });
+                let metric =
+                    Metric::parse(name).ok_or_else(|| GateError::UnknownMetric(name.into()))?;
+                return Ok(Gate { metric, op, value });
             }
         }
-        None
+        Err(GateError::Syntax)
     }
 
     pub fn passes(&self, v: f64) -> bool {
-        match self.op.as_str() {
-            ">=" => v >= self.value,
-            ">" => v > self.value,
-            "<=" => v <= self.value,
-            _ => v < self.value,
-        }
+        self.op.holds(v, self.value)
+    }
+}
+
+impl From<Gate> for String {
+    fn from(g: Gate) -> String {
+        g.to_string()
+    }
+}
+
+impl TryFrom<String> for Gate {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Gate, String> {
+        Gate::parse(&s).map_err(|_| format!("`{s}` is not a gate such as `r2 >= 0.75`"))
     }
 }
 
 impl std::fmt::Display for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.metric, self.op, self.value)
+        write!(f, "{} {} {}", self.metric, self.op.as_str(), self.value)
     }
 }
 
@@ -305,7 +407,7 @@ pub struct Model {
     pub threshold: f64,
 }
 
-/// The fairness settings (SPEC §8).
+/// The fairness settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fairness {
     pub threshold: f64,
@@ -325,7 +427,9 @@ pub struct Attribute {
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
     pub name: String,
-    pub kind: StageKind,
+    /// The kind and its parameters.
+    #[serde(rename = "kind")]
+    pub params: StageParams,
     pub needs: Vec<String>,
     pub description: Option<String>,
     #[serde(with = "secs")]
@@ -341,6 +445,12 @@ mod secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Stage {
+    pub fn kind(&self) -> StageKind {
+        self.params.kind()
     }
 }
 

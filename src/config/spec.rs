@@ -133,7 +133,7 @@ pub struct ColumnSpec {
     pub description: Option<String>,
 }
 
-/// `[quality]`: the checks of SPEC §6.
+/// `[quality]`: the data-quality checks.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct QualitySpec {
     /// What a failed check does: `stop` the pipeline, or `continue` with the clean rows.
@@ -285,7 +285,7 @@ pub struct DriftParams {
     pub psi_threshold: Option<f64>,
 }
 
-/// `[fairness]`: sensitive attributes and the four-fifths rule (SPEC §8).
+/// `[fairness]`: sensitive attributes and the four-fifths rule.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct FairnessSpec {
     /// A ratio below this is a violation (default 0.8).

@@ -1,6 +1,7 @@
 //! The Parquet schema adapter: turns whatever physical type a writer produced into the one
-//! canonical Arrow type of the declared column (SPEC §4), and reports the rows whose value could
-//! not be converted (text that does not parse, a fraction in an integer column, an overflow).
+//! canonical Arrow type of the declared column (README, "Pointing it at your own data"), and
+//! reports the rows whose value could not be converted (text that does not parse, a fraction in
+//! an integer column, an overflow).
 //!
 //! | declared  | canonical Arrow type             | accepted physical types                          |
 //! |-----------|----------------------------------|--------------------------------------------------|
@@ -118,8 +119,7 @@ pub fn adapt(array: &ArrayRef, ty: ColumnType) -> Result<Adapted, String> {
                             chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
                                 .ok()
                                 .or_else(|| {
-                                    crate::config::compile::parse_timestamp(t)
-                                        .map(|ts| ts.date_naive())
+                                    crate::time::parse_timestamp(t).map(|ts| ts.date_naive())
                                 })
                                 .map(|d| (d - epoch).num_days() as i32)
                         })
@@ -146,7 +146,7 @@ pub fn adapt(array: &ArrayRef, ty: ColumnType) -> Result<Adapted, String> {
             let a: TimestampMicrosecondArray = s
                 .iter()
                 .map(|v| {
-                    v.and_then(crate::config::compile::parse_timestamp)
+                    v.and_then(crate::time::parse_timestamp)
                         .map(|t| t.timestamp_micros())
                 })
                 .collect();

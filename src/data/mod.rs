@@ -2,8 +2,10 @@
 //! Arrow arrays are the in-memory form everywhere; Parquet is the only file format.
 
 pub mod adapt;
+pub mod holdout;
 pub mod pseudonym;
 pub mod reader;
+pub mod split;
 pub mod writer;
 
 use arrow::array::{Array, ArrayData, AsArray, StringArray};

@@ -348,7 +348,7 @@ async fn read_file(
 ) -> Result<FileColumns> {
     let url = store.url_of(&f.path);
     let corrupt = |e: parquet::errors::ParquetError| {
-        storage_failure(&e, &url).unwrap_or_else(|| {
+        storage_failure(e, &url).unwrap_or_else(|e| {
             Error::Data(format!(
                 "dataset `{}`: {url} is not a readable Parquet file ({e}); replace or remove it",
                 ds.name
@@ -434,12 +434,18 @@ async fn read_file(
 
 /// A Parquet error that is really the storage failing (denied, unreachable): a storage error
 /// (exit 4), not a corrupt file (exit 3).
-fn storage_failure(e: &parquet::errors::ParquetError, url: &str) -> Option<Error> {
+fn storage_failure(
+    e: parquet::errors::ParquetError,
+    url: &str,
+) -> std::result::Result<Error, parquet::errors::ParquetError> {
     match e {
-        parquet::errors::ParquetError::External(inner) => inner
-            .downcast_ref::<object_store::Error>()
-            .map(|os| crate::storage::fail("read", url, os)),
-        _ => None,
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<object_store::Error>() {
+                Ok(os) => Ok(crate::storage::fail("read", url, *os)),
+                Err(other) => Err(parquet::errors::ParquetError::External(other)),
+            }
+        }
+        e => Err(e),
     }
 }
 
@@ -484,7 +490,7 @@ async fn read_parquet_unguarded(store: &Store, rel: &str) -> Result<RecordBatch>
         .ok_or_else(|| Error::Data(format!("{} does not exist", store.url_of(rel))))?;
     let url = store.url_of(rel);
     let corrupt = |e: parquet::errors::ParquetError| {
-        storage_failure(&e, &url).unwrap_or_else(|| {
+        storage_failure(e, &url).unwrap_or_else(|e| {
             Error::Data(format!("{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"))
         })
     };

@@ -12,7 +12,13 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Task;
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Regression,
+    Binary,
+}
 
 /// A model's algorithm with its parameters: `algorithm` and `[models.*.params]` in the pipeline
 /// file, the same two keys in `model.json`.
@@ -61,8 +67,7 @@ impl Algorithm {
     /// row: an estimate for ordering fits (the engine starts the most expensive first when
     /// there are more fits than cores), not a prediction of seconds. A boosted tree reads each
     /// feature of its rows into histograms about once; the logistic loss costs about half as
-    /// much again as squared error (its gradients, hessians and scores; measured at 10 M
-    /// customers: 35.5 s against 23.5 s for the same trees).
+    /// much again as squared error (its gradients, hessians and scores; docs/PERFORMANCE.md).
     pub fn work_per_row(&self, task: Task, features: usize) -> f64 {
         let f = features.max(1) as f64;
         match self {
@@ -97,7 +102,7 @@ impl Algorithm {
     /// `task` (`algorithm: ...`), relative to the model's section.
     pub fn check(&self, task: Task) -> Vec<String> {
         let params = match (self, task) {
-            (Algorithm::Gbdt { params }, _) => params.check(),
+            (Algorithm::Gbdt { params }, _) => params.problems(),
             (Algorithm::Linear { .. }, Task::Regression) => Vec::new(),
             (Algorithm::Logistic { params }, Task::Binary) => params.check(),
             (Algorithm::RandomForest { params }, _) => params.check(),
@@ -129,7 +134,7 @@ impl Algorithm {
     ) -> Result<Fitted, String> {
         match self {
             Algorithm::Gbdt { params } => Ok(Fitted::Booster {
-                booster: gbdt::train_columns(x, y, objective(task), params)?,
+                booster: gbdt::train_columns(x, y, objective(task), &checked(params)?)?,
             }),
             _ => {
                 let cols = (0..x.count())
@@ -153,7 +158,7 @@ impl Algorithm {
     ) -> Result<Fitted, String> {
         Ok(match self {
             Algorithm::Gbdt { params } => Fitted::Booster {
-                booster: gbdt::train(x, y, objective(task), params),
+                booster: gbdt::train(x, y, objective(task), &checked(params)?),
             },
             Algorithm::Linear { .. } => Fitted::Linear {
                 linear: linear::Linear::fit_regression(x, y, transform)?,
@@ -166,6 +171,11 @@ impl Algorithm {
             },
         })
     }
+}
+
+/// The booster's parameters, checked (the pipeline file's compiler checked them already).
+fn checked(p: &gbdt::Params) -> Result<gbdt::Checked, String> {
+    p.check().map_err(|e| e.join("; "))
 }
 
 /// The booster's loss for a task.

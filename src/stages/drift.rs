@@ -4,21 +4,130 @@
 //! model's scores of `current` (from a score stage before this one) and its holdout predictions.
 //! Numeric columns of few distinct values are counted rather than sorted (`ks::Counted`: the
 //! same statistic and p-value, bit for bit).
-//! A feature or prediction drifts when its KS statistic exceeds `ks_threshold` (0.1, the seeds'
-//! threshold) or its PSI exceeds `psi_threshold`; the dataset drifts when any does.
-//! Writes `drift.json`.
+//! A feature or prediction drifts when its KS statistic exceeds `ks_threshold` (default 0.1, the
+//! threshold of the monitoring strategy this project implements) or its PSI exceeds
+//! `psi_threshold` (default 0.2); the dataset drifts when any does. Writes `drift.json`
+//! ([`Report`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::AsArray;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
+use indexmap::IndexMap;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
+use super::context::StageCtx;
 use super::StageDone;
-use crate::engine::context::StageCtx;
+use crate::config::StageKind;
 use crate::error::{Error, Result};
 use crate::stats::{categorical, ks};
+
+/// When a feature or a prediction drifts.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// KS statistic above this: drift (numeric features, predictions).
+    pub ks: f64,
+    /// PSI above this: drift (categorical features).
+    pub psi: f64,
+}
+
+/// A compared dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Side {
+    pub dataset: String,
+    pub rows: u64,
+}
+
+/// One feature's test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FeatureDrift {
+    Numeric(NumericDrift),
+    Categorical(CategoricalDrift),
+}
+
+impl FeatureDrift {
+    pub fn drifted(&self) -> bool {
+        match self {
+            FeatureDrift::Numeric(n) => n.drifted,
+            FeatureDrift::Categorical(c) => c.drifted,
+        }
+    }
+
+    /// The KS statistic of a numeric feature.
+    pub fn ks(&self) -> Option<f64> {
+        match self {
+            FeatureDrift::Numeric(n) => n.ks,
+            FeatureDrift::Categorical(_) => None,
+        }
+    }
+}
+
+/// The two-sample KS test of a numeric feature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NumericDrift {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ks: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// Whether the p-value is exact (else asymptotic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
+    #[serde(default)]
+    pub drifted: bool,
+    /// Why there is no test (no values on one side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// PSI and the chi-square test of a categorical feature's counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CategoricalDrift {
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub psi: f64,
+    pub chi2: Option<f64>,
+    pub p_value: Option<f64>,
+    pub dof: Option<u64>,
+    pub categories: Vec<String>,
+    pub reference_counts: Vec<u64>,
+    pub current_counts: Vec<u64>,
+    pub drifted: bool,
+}
+
+/// A model's predictions on the current rows against its holdout predictions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PredictionDrift {
+    pub ks: f64,
+    pub p_value: f64,
+    pub drifted: bool,
+    pub train_stage: String,
+}
+
+/// `drift.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub reference: Side,
+    pub current: Side,
+    pub ks_threshold: f64,
+    pub psi_threshold: f64,
+    pub features: IndexMap<String, FeatureDrift>,
+    pub predictions: IndexMap<String, PredictionDrift>,
+    pub drifted_features: Vec<String>,
+    pub drifted_predictions: Vec<String>,
+    pub dataset_drift: bool,
+    pub max_feature_ks: f64,
+}
+
+/// What a drift stage reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub dataset_drift: bool,
+    pub drifted_features: Vec<String>,
+    pub drifted_predictions: Vec<String>,
+    pub max_feature_ks: f64,
+}
 
 fn numbers(b: &RecordBatch, col: &str) -> Option<Vec<f64>> {
     let a = b.column_by_name(col)?;
@@ -88,8 +197,7 @@ pub async fn run(
     reference: &str,
     current: &str,
     features: &[String],
-    ks_threshold: f64,
-    psi_threshold: f64,
+    t: Thresholds,
 ) -> Result<StageDone> {
     let clean = |d: &str| ctx.upstream_output(&format!("{d}.clean"), "validate");
     let r = ctx.read_table(&clean(reference)?).await?;
@@ -99,135 +207,164 @@ pub async fn run(
     let ds = ctx.pipeline().datasets[reference].clone();
     let feats = features.to_vec();
     let (rr, cc) = (r.clone(), c.clone());
-    let results: Vec<(String, serde_json::Value, bool)> = tokio::task::spawn_blocking(move || {
+    let results: Vec<(String, FeatureDrift)> = tokio::task::spawn_blocking(move || {
         feats
             .par_iter()
             .map(|f| {
                 let numeric = ds.column(f).is_some_and(|col| col.ty.is_numeric());
-                if numeric {
-                    match ks_numeric(&rr, &cc, f) {
-                        Some(k) => {
-                            let drifted = k.statistic > ks_threshold;
-                            (f.clone(), serde_json::json!({ "type": "numeric", "ks": k.statistic, "p_value": k.p_value, "exact": k.exact, "drifted": drifted }), drifted)
-                        }
-                        None => (f.clone(), serde_json::json!({ "type": "numeric", "error": "no values on one side" }), false),
-                    }
+                let d = if numeric {
+                    numeric_drift(&rr, &cc, f, t.ks)
                 } else {
-                    let (cats, a, b) = counts(&rr, &cc, f).unwrap_or_default();
-                    let psi = categorical::psi(&a, &b);
-                    let chi = categorical::chi2_contingency(&a, &b);
-                    let drifted = psi > psi_threshold;
-                    (
-                        f.clone(),
-                        serde_json::json!({
-                            "type": "categorical", "psi": psi, "chi2": chi.map(|x| x.statistic), "p_value": chi.map(|x| x.p_value),
-                            "dof": chi.map(|x| x.dof), "categories": cats, "reference_counts": a, "current_counts": b, "drifted": drifted,
-                        }),
-                        drifted,
-                    )
-                }
+                    categorical_drift(&rr, &cc, f, t.psi)
+                };
+                (f.clone(), d)
             })
             .collect()
     })
     .await
     .map_err(|e| Error::Infra(format!("drift tests panicked: {e}")))?;
 
-    // Prediction drift: current scores against holdout predictions, per model.
-    let mut predictions = serde_json::Map::new();
-    let mut drifted_predictions = Vec::new();
-    if let Some(score) = ctx
-        .upstream
-        .values()
-        .find(|r| r.kind == "score" && r.output("scores").is_some())
-    {
-        let scores = ctx.read_table(score.output("scores").unwrap()).await?;
-        let mut compared = Vec::new();
-        for (stage, rec) in ctx.upstream.iter().filter(|(_, r)| r.kind == "train") {
-            let Some(model) = rec.summary.get("model").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            let (Some(hold), Some(_)) = (rec.output("holdout"), scores.column_by_name(model))
-            else {
-                continue;
-            };
-            compared.push((
-                stage.clone(),
-                model.to_string(),
-                ctx.read_table(hold).await?,
-            ));
-        }
-        // In the pipeline's model order (the stage records come in a hash map's order), so
-        // that drift.json lists them the same way in every run.
-        let order = |m: &str| ctx.pipeline().models.get_index_of(m).unwrap_or(usize::MAX);
-        compared.sort_by_key(|(_, model, _)| order(model));
-        // The models' tests at once: each sorts a model's scores of every current row.
-        let scores = scores.clone();
-        let tests = tokio::task::spawn_blocking(move || {
-            compared
-                .into_par_iter()
-                .map(|(stage, model, h)| {
-                    let a = numbers(&h, "prediction").unwrap_or_default();
-                    let b = numbers(&scores, &model).unwrap_or_default();
-                    (stage, model, ks::ks_2samp_sorted(&a, &b))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Infra(format!("prediction drift tests panicked: {e}")))?;
-        for (stage, model, k) in tests {
-            if let Some(k) = k {
-                let drifted = k.statistic > ks_threshold;
-                if drifted {
-                    drifted_predictions.push(model.clone());
-                }
-                ctx.emit(crate::telemetry::Event::PredictionDrift {
-                    model: &model,
-                    ks: k.statistic,
-                    drifted,
-                });
-                predictions.insert(model, serde_json::json!({ "ks": k.statistic, "p_value": k.p_value, "drifted": drifted, "train_stage": stage }));
-            }
-        }
-    }
+    let predictions = prediction_drift(ctx, t.ks).await?;
+    let drifted_predictions: Vec<String> = predictions
+        .iter()
+        .filter(|(_, p)| p.drifted)
+        .map(|(m, _)| m.clone())
+        .collect();
     let drifted_features: Vec<String> = results
         .iter()
-        .filter(|x| x.2)
+        .filter(|x| x.1.drifted())
         .map(|x| x.0.clone())
         .collect();
-    for (f, v, d) in &results {
+    for (f, d) in &results {
+        let (ks, p_value, psi) = match d {
+            FeatureDrift::Numeric(n) => (n.ks, n.p_value, None),
+            FeatureDrift::Categorical(c) => (None, c.p_value, Some(c.psi)),
+        };
         ctx.emit(crate::telemetry::Event::FeatureDrift {
             feature: f,
-            ks: v["ks"].as_f64(),
-            p_value: v["p_value"].as_f64(),
-            psi: v["psi"].as_f64(),
-            drifted: *d,
+            ks,
+            p_value,
+            psi,
+            drifted: d.drifted(),
         });
     }
     let dataset_drift = !drifted_features.is_empty() || !drifted_predictions.is_empty();
-    let max_ks = results
-        .iter()
-        .filter_map(|x| x.1.get("ks").and_then(|v| v.as_f64()))
-        .fold(0.0, f64::max);
-    let doc = serde_json::json!({
-        "reference": { "dataset": reference, "rows": r.num_rows() },
-        "current": { "dataset": current, "rows": c.num_rows() },
-        "ks_threshold": ks_threshold,
-        "psi_threshold": psi_threshold,
-        "features": results.iter().map(|x| (x.0.clone(), x.1.clone())).collect::<serde_json::Map<_, _>>(),
-        "predictions": predictions,
-        "drifted_features": drifted_features,
-        "drifted_predictions": drifted_predictions,
-        "dataset_drift": dataset_drift,
-        "max_feature_ks": max_ks,
-    });
-    ctx.write_json("drift", "drift.json", &doc).await?;
-    Ok(StageDone {
-        summary: serde_json::json!({
-            "dataset_drift": dataset_drift,
-            "drifted_features": doc["drifted_features"],
-            "drifted_predictions": doc["drifted_predictions"],
-            "max_feature_ks": max_ks,
-        }),
-        ..Default::default()
+    let max_feature_ks = results.iter().filter_map(|x| x.1.ks()).fold(0.0, f64::max);
+    let report = Report {
+        reference: Side {
+            dataset: reference.to_string(),
+            rows: r.num_rows() as u64,
+        },
+        current: Side {
+            dataset: current.to_string(),
+            rows: c.num_rows() as u64,
+        },
+        ks_threshold: t.ks,
+        psi_threshold: t.psi,
+        features: results.into_iter().collect(),
+        predictions,
+        drifted_features,
+        drifted_predictions,
+        dataset_drift,
+        max_feature_ks,
+    };
+    ctx.write_json("drift", "drift.json", &report).await?;
+    Ok(StageDone::new(Summary {
+        dataset_drift,
+        drifted_features: report.drifted_features,
+        drifted_predictions: report.drifted_predictions,
+        max_feature_ks,
+    }))
+}
+
+fn numeric_drift(r: &RecordBatch, c: &RecordBatch, f: &str, threshold: f64) -> FeatureDrift {
+    FeatureDrift::Numeric(match ks_numeric(r, c, f) {
+        Some(k) => NumericDrift {
+            ks: Some(k.statistic),
+            p_value: Some(k.p_value),
+            exact: Some(k.exact),
+            drifted: k.statistic > threshold,
+            error: None,
+        },
+        None => NumericDrift {
+            ks: None,
+            p_value: None,
+            exact: None,
+            drifted: false,
+            error: Some("no values on one side".into()),
+        },
     })
+}
+
+fn categorical_drift(r: &RecordBatch, c: &RecordBatch, f: &str, threshold: f64) -> FeatureDrift {
+    let (categories, a, b) = counts(r, c, f).unwrap_or_default();
+    let psi = categorical::psi(&a, &b);
+    let chi = categorical::chi2_contingency(&a, &b);
+    FeatureDrift::Categorical(CategoricalDrift {
+        psi,
+        chi2: chi.map(|x| x.statistic),
+        p_value: chi.map(|x| x.p_value),
+        dof: chi.map(|x| x.dof),
+        categories,
+        reference_counts: a,
+        current_counts: b,
+        drifted: psi > threshold,
+    })
+}
+
+/// Prediction drift: each model's scores of the current rows (from a score stage before this
+/// one) against its holdout predictions, in the pipeline's model order.
+async fn prediction_drift(
+    ctx: &StageCtx,
+    threshold: f64,
+) -> Result<IndexMap<String, PredictionDrift>> {
+    let mut out = IndexMap::new();
+    let Some(scores) = ctx
+        .upstream_of(StageKind::Score)
+        .into_iter()
+        .find_map(|(_, r)| r.output("scores"))
+    else {
+        return Ok(out);
+    };
+    let scores = ctx.read_table(scores).await?;
+    let mut compared = Vec::new();
+    for (stage, rec) in ctx.upstream_of(StageKind::Train) {
+        let Some(t) = rec.train() else { continue };
+        let (Some(hold), Some(_)) = (rec.output("holdout"), scores.column_by_name(&t.model)) else {
+            continue;
+        };
+        compared.push((stage.clone(), t.model.clone(), ctx.read_table(hold).await?));
+    }
+    let order = |m: &str| ctx.pipeline().models.get_index_of(m).unwrap_or(usize::MAX);
+    compared.sort_by_key(|(_, model, _)| order(model));
+    // The models' tests at once: each sorts a model's scores of every current row.
+    let tests = tokio::task::spawn_blocking(move || {
+        compared
+            .into_par_iter()
+            .map(|(stage, model, h)| {
+                let a = numbers(&h, "prediction").unwrap_or_default();
+                let b = numbers(&scores, &model).unwrap_or_default();
+                (stage, model, ks::ks_2samp_sorted(&a, &b))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Error::Infra(format!("prediction drift tests panicked: {e}")))?;
+    for (stage, model, k) in tests {
+        let Some(k) = k else { continue };
+        let drifted = k.statistic > threshold;
+        ctx.emit(crate::telemetry::Event::PredictionDrift {
+            model: &model,
+            ks: k.statistic,
+            drifted,
+        });
+        let p = PredictionDrift {
+            ks: k.statistic,
+            p_value: k.p_value,
+            drifted,
+            train_stage: stage,
+        };
+        out.insert(model, p);
+    }
+    Ok(out)
 }

@@ -4,23 +4,97 @@
 //! parity ratio and, for binary models, the equal-opportunity ratio, each with a bootstrap
 //! confidence interval. "Selected" is the decision at the threshold for a binary model and a
 //! prediction above the training median of the target for a regression model. A ratio below the
-//! threshold (0.8, the four-fifths rule) is a violation. Writes `fairness.json`.
+//! threshold (0.8, the four-fifths rule) is a violation. Writes `fairness.json` ([`Report`]).
 
 use std::collections::BTreeMap;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
+use super::context::StageCtx;
 use super::StageDone;
-use crate::config::{Attribute, Task};
-use crate::engine::context::StageCtx;
+use crate::config::Attribute;
+use crate::data::holdout;
 use crate::error::{Error, Result};
 use crate::fairness::{
     demographic_parity_ratio, equal_opportunity_ratio, groups_by_number, kinds, pack,
     ratios_of_counts, resample_counts,
 };
 use crate::generate::Rng;
+use crate::model::Task;
+
+/// `fairness.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub threshold: f64,
+    pub min_group_size: u64,
+    pub bootstrap: usize,
+    pub models: IndexMap<String, ModelFairness>,
+}
+
+/// One model's fairness, per sensitive attribute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelFairness {
+    pub task: Task,
+    pub selection_threshold: f64,
+    pub attributes: IndexMap<String, AttributeFairness>,
+}
+
+/// One attribute of one model: its groups and ratios.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributeFairness {
+    pub column: String,
+    pub groups: BTreeMap<String, GroupFairness>,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub demographic_parity_ratio: f64,
+    pub demographic_parity_ci: Option<(f64, f64)>,
+    pub equal_opportunity_ratio: Option<f64>,
+    pub equal_opportunity_ci: Option<(f64, f64)>,
+    pub violation: bool,
+}
+
+/// One group of an attribute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupFairness {
+    pub size: u64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub selection_rate: f64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub true_positive_rate: f64,
+    /// Whether the group is large enough to count in the ratios.
+    pub counted: bool,
+    /// The model's metric on the group (AUC or R²; absent where undefined).
+    pub metric: Option<f64>,
+}
+
+/// A ratio below the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub attribute: String,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub parity: f64,
+    pub equal_opportunity: Option<f64>,
+}
+
+/// Named ratios (NaN where undefined, written as null).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratios(#[serde(deserialize_with = "crate::json::nan_map")] pub IndexMap<String, f64>);
+
+/// What a fairness stage reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Per model, `<attribute>_parity` → the demographic parity ratio (the registry's names).
+    pub parity: IndexMap<String, Ratios>,
+    /// The violations, as people read them.
+    pub violations: Vec<String>,
+    /// The violations per model.
+    #[serde(default)]
+    pub violated: IndexMap<String, Vec<Violation>>,
+}
 
 /// The group label of every row for an attribute.
 pub fn labels(batch: &RecordBatch, a: &Attribute) -> Result<Vec<String>> {
@@ -122,10 +196,17 @@ fn seed_of(base: u64, parts: &[&str]) -> u64 {
 
 pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let cfg = ctx.pipeline().fairness.clone();
-    let seed = ctx.pipeline().seed;
-    let mut doc = serde_json::Map::new();
-    let mut summary = serde_json::Map::new();
-    let mut violations = Vec::new();
+    let mut report = Report {
+        threshold: cfg.threshold,
+        min_group_size: cfg.min_group_size,
+        bootstrap: cfg.bootstrap,
+        models: IndexMap::new(),
+    };
+    let mut summary = Summary {
+        parity: IndexMap::new(),
+        violations: Vec::new(),
+        violated: IndexMap::new(),
+    };
     // The clean rows the models trained on, for the attribute columns.
     let prep = ctx.upstream_output("prepare", "prepare")?;
     let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
@@ -143,124 +224,177 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         .project(&columns)
         .map_err(|e| Error::Infra(format!("fairness: {e}")))?;
     for m in models {
-        let (stage, rec) = ctx.trained(m)?;
-        let task: Task =
-            serde_json::from_value(rec.summary["task"].clone()).unwrap_or(Task::Binary);
-        let threshold = rec.summary["selection_threshold"].as_f64().unwrap_or(0.5);
-        let holdout = ctx
-            .read_table(rec.output("holdout").ok_or_else(|| {
-                Error::Data(format!("stage `{stage}` has no holdout predictions"))
-            })?)
-            .await?;
-        let subset = super::train::holdout_rows(&clean, &holdout)?;
-        let y: Vec<f64> = super::train::holdout_column(&holdout, "target")?;
-        let p: Vec<f64> = super::train::holdout_column(&holdout, "prediction")?;
-        let selected: Vec<bool> = p
-            .iter()
-            .map(|v| {
-                if task == Task::Binary {
-                    *v >= threshold
-                } else {
-                    *v > threshold
-                }
-            })
-            .collect();
-        let truth: Vec<bool> = y
-            .iter()
-            .map(|v| {
-                if task == Task::Binary {
-                    *v == 1.0
-                } else {
-                    *v > threshold
-                }
-            })
-            .collect();
-        let mut per_attr = serde_json::Map::new();
-        let mut model_summary = serde_json::Map::new();
+        let trained = ctx.trained(m)?;
+        let (task, threshold) = (trained.summary.task, trained.summary.selection_threshold);
+        let table = ctx.read_table(trained.output("holdout")?).await?;
+        let rows = Holdout {
+            subset: holdout::rows_of(&clean, &table)?,
+            y: holdout::column(&table, "target")?,
+            p: holdout::column(&table, "prediction")?,
+            task,
+            threshold,
+        };
+        let mut attributes = IndexMap::new();
+        let mut parity = Ratios::default();
+        let mut violated = Vec::new();
         for (attr, a) in &cfg.attributes {
-            let (names, gid) = label_numbers(&subset, a)?;
-            let g = groups_by_number(&names, &gid, &selected, Some(&truth), cfg.min_group_size);
-            let dpr = demographic_parity_ratio(&g);
-            let eor = (task == Task::Binary).then(|| equal_opportunity_ratio(&g));
-            // Per-group metric of the model: each group's rows in one pass, in row order.
-            let mut parts = vec![(Vec::new(), Vec::new()); names.len()];
-            for (&k, (&truth_k, &pred_k)) in gid.iter().zip(y.iter().zip(&p)) {
-                parts[k as usize].0.push(truth_k);
-                parts[k as usize].1.push(pred_k);
-            }
-            let mut group_metric = BTreeMap::new();
-            for (name, (gy, gp)) in names.iter().zip(parts) {
-                let v = match task {
-                    Task::Binary => crate::metrics::roc_auc(
-                        &gy.iter().map(|v| *v == 1.0).collect::<Vec<_>>(),
-                        &gp,
-                    )
-                    .ok(),
-                    Task::Regression => crate::metrics::r2(&gy, &gp).ok(),
+            let f = measure(ctx, m, attr, a, &rows)?;
+            if f.violation {
+                let v = Violation {
+                    attribute: attr.clone(),
+                    parity: f.demographic_parity_ratio,
+                    equal_opportunity: f.equal_opportunity_ratio,
                 };
-                group_metric.insert(name.clone(), v);
+                summary.violations.push(violation_text(m, &v));
+                violated.push(v);
             }
-            // Bootstrap: resample holdout rows with replacement, recompute the ratios. A
-            // resample only needs how many rows of each kind (group, selected, positive) it drew.
-            let k = kinds(
-                gid.iter()
-                    .zip(selected.iter().zip(&truth))
-                    .map(|(g, (s, t))| pack(*g as usize, *s, *t)),
-                names.len(),
-            );
-            let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
-                .map(|b| {
-                    let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
-                    ratios_of_counts(&resample_counts(&k, &mut rng), cfg.min_group_size)
-                })
-                .collect();
-            let dpr_ci = interval(boots.iter().map(|b| b.0).collect());
-            let eor_ci = eor.and_then(|_| interval(boots.iter().map(|b| b.1).collect()));
-            let violation = dpr < cfg.threshold || eor.is_some_and(|e| e < cfg.threshold);
-            let text = violation.then(|| {
-                format!(
-                    "model `{m}`, {attr}: parity {dpr:.3}{}",
-                    eor.map(|e| format!(", equal opportunity {e:.3}"))
-                        .unwrap_or_default()
-                )
-            });
-            ctx.emit(crate::telemetry::Event::FairnessMeasured {
-                model: m,
-                attribute: attr,
-                parity: Some(dpr).filter(|v| v.is_finite()),
-                equal_opportunity: eor.filter(|v| v.is_finite()),
-                violation: text.clone(),
-            });
-            violations.extend(text);
-            per_attr.insert(
-                attr.clone(),
-                serde_json::json!({
-                    "column": a.column,
-                    "groups": g.iter().map(|(k, v)| (k.clone(), serde_json::json!({
-                        "size": v.size, "selection_rate": v.selection_rate, "true_positive_rate": v.true_positive_rate,
-                        "counted": v.counted, "metric": group_metric[k],
-                    }))).collect::<serde_json::Map<_, _>>(),
-                    "demographic_parity_ratio": dpr,
-                    "demographic_parity_ci": dpr_ci,
-                    "equal_opportunity_ratio": eor,
-                    "equal_opportunity_ci": eor_ci,
-                    "violation": violation,
-                }),
-            );
-            model_summary.insert(format!("{attr}_parity"), serde_json::json!(dpr));
+            parity
+                .0
+                .insert(format!("{attr}_parity"), f.demographic_parity_ratio);
+            attributes.insert(attr.clone(), f);
         }
-        doc.insert(m.clone(), serde_json::json!({ "task": task, "selection_threshold": threshold, "attributes": per_attr }));
-        summary.insert(m.clone(), model_summary.into());
+        report.models.insert(
+            m.clone(),
+            ModelFairness {
+                task,
+                selection_threshold: threshold,
+                attributes,
+            },
+        );
+        summary.parity.insert(m.clone(), parity);
+        if !violated.is_empty() {
+            summary.violated.insert(m.clone(), violated);
+        }
     }
-    ctx.write_json(
-        "fairness",
-        "fairness.json",
-        &serde_json::json!({ "threshold": cfg.threshold, "min_group_size": cfg.min_group_size, "bootstrap": cfg.bootstrap, "models": doc }),
+    ctx.write_json("fairness", "fairness.json", &report).await?;
+    Ok(StageDone::new(summary))
+}
+
+/// A violation as people read it.
+pub fn violation_text(model: &str, v: &Violation) -> String {
+    format!(
+        "model `{model}`, {}: parity {:.3}{}",
+        v.attribute,
+        v.parity,
+        v.equal_opportunity
+            .map(|e| format!(", equal opportunity {e:.3}"))
+            .unwrap_or_default()
     )
-    .await?;
-    Ok(StageDone {
-        summary: serde_json::json!({ "parity": summary, "violations": violations }),
-        ..Default::default()
+}
+
+/// A model's holdout rows: their attribute columns, truth and predictions.
+struct Holdout {
+    subset: RecordBatch,
+    y: Vec<f64>,
+    p: Vec<f64>,
+    task: Task,
+    threshold: f64,
+}
+
+impl Holdout {
+    /// Whether each row is selected, and whether it is truly positive: the decision at the
+    /// threshold for a binary model, a value above it (the training median) for a regression.
+    fn selected_and_truth(&self) -> (Vec<bool>, Vec<bool>) {
+        let above = |v: f64| match self.task {
+            Task::Binary => v >= self.threshold,
+            Task::Regression => v > self.threshold,
+        };
+        let truth = |v: f64| match self.task {
+            Task::Binary => v == 1.0,
+            Task::Regression => v > self.threshold,
+        };
+        (
+            self.p.iter().map(|v| above(*v)).collect(),
+            self.y.iter().map(|v| truth(*v)).collect(),
+        )
+    }
+}
+
+/// One attribute of one model: groups, ratios, their bootstrap intervals; emits the metrics.
+fn measure(
+    ctx: &StageCtx,
+    m: &str,
+    attr: &str,
+    a: &Attribute,
+    h: &Holdout,
+) -> Result<AttributeFairness> {
+    let cfg = &ctx.pipeline().fairness;
+    let (selected, truth) = h.selected_and_truth();
+    let (names, gid) = label_numbers(&h.subset, a)?;
+    let g = groups_by_number(&names, &gid, &selected, Some(&truth), cfg.min_group_size);
+    let dpr = demographic_parity_ratio(&g);
+    let eor = (h.task == Task::Binary).then(|| equal_opportunity_ratio(&g));
+    // Per-group metric of the model: each group's rows in one pass, in row order.
+    let mut parts = vec![(Vec::new(), Vec::new()); names.len()];
+    for (&k, (&truth_k, &pred_k)) in gid.iter().zip(h.y.iter().zip(&h.p)) {
+        parts[k as usize].0.push(truth_k);
+        parts[k as usize].1.push(pred_k);
+    }
+    let mut group_metric = BTreeMap::new();
+    for (name, (gy, gp)) in names.iter().zip(parts) {
+        let v = match h.task {
+            Task::Binary => {
+                crate::metrics::roc_auc(&gy.iter().map(|v| *v == 1.0).collect::<Vec<_>>(), &gp).ok()
+            }
+            Task::Regression => crate::metrics::r2(&gy, &gp).ok(),
+        };
+        group_metric.insert(name.clone(), v);
+    }
+    // Bootstrap: resample holdout rows with replacement, recompute the ratios. A resample only
+    // needs how many rows of each kind (group, selected, positive) it drew.
+    let k = kinds(
+        gid.iter()
+            .zip(selected.iter().zip(&truth))
+            .map(|(g, (s, t))| pack(*g as usize, *s, *t)),
+        names.len(),
+    );
+    let seed = ctx.pipeline().seed;
+    let boots: Vec<(f64, f64)> = (0..cfg.bootstrap)
+        .map(|b| {
+            let mut rng = Rng::new(seed_of(seed, &[m, attr, &b.to_string()]));
+            ratios_of_counts(&resample_counts(&k, &mut rng), cfg.min_group_size)
+        })
+        .collect();
+    let dpr_ci = interval(boots.iter().map(|b| b.0).collect());
+    let eor_ci = eor.and_then(|_| interval(boots.iter().map(|b| b.1).collect()));
+    let violation = dpr < cfg.threshold || eor.is_some_and(|e| e < cfg.threshold);
+    let text = violation.then(|| {
+        violation_text(
+            m,
+            &Violation {
+                attribute: attr.to_string(),
+                parity: dpr,
+                equal_opportunity: eor,
+            },
+        )
+    });
+    ctx.emit(crate::telemetry::Event::FairnessMeasured {
+        model: m,
+        attribute: attr,
+        parity: Some(dpr).filter(|v| v.is_finite()),
+        equal_opportunity: eor.filter(|v| v.is_finite()),
+        violation: text,
+    });
+    Ok(AttributeFairness {
+        column: a.column.clone(),
+        groups: g
+            .iter()
+            .map(|(k, v)| {
+                let gf = GroupFairness {
+                    size: v.size,
+                    selection_rate: v.selection_rate,
+                    true_positive_rate: v.true_positive_rate,
+                    counted: v.counted,
+                    metric: group_metric[k],
+                };
+                (k.clone(), gf)
+            })
+            .collect(),
+        demographic_parity_ratio: dpr,
+        demographic_parity_ci: dpr_ci,
+        equal_opportunity_ratio: eor,
+        equal_opportunity_ci: eor_ci,
+        violation,
     })
 }
 

@@ -1,11 +1,28 @@
 //! The stage kinds. The engine knows them only through this module: what each reads, the part
-//! of the configuration its outputs depend on, and how to execute it.
+//! of the configuration its outputs depend on, and how to execute it. Each kind's module holds
+//! its `run`, the documents it writes and its [`record::Summary`]; the stages after it read those
+//! as types, never as JSON looked up by key.
+//!
+//! | kind | reads | writes |
+//! | --- | --- | --- |
+//! | [`load`] | the declared datasets | `load.json` |
+//! | [`validate`] | the datasets (cached or re-read) | `quality.json`, clean and rejected tables |
+//! | [`prepare`] | the clean rows' split buckets | `prepare.json` (the recipe) |
+//! | [`train`] | the recipe and the clean rows | `model.json`, `metrics.json`, `holdout.parquet` |
+//! | [`score`] | clean rows and the trained models | `scores.parquet` |
+//! | [`fairness`] | holdout tables and the clean rows' attributes | `fairness.json` |
+//! | [`drift`] | two clean tables, scores and holdouts | `drift.json` |
+//! | [`register`] | train, fairness and drift results | registry commits, `register.json` |
+//! | [`health`] | the registry, this run's drift and scoring speed | `health.json` |
 
+pub mod context;
 pub mod drift;
 pub mod fairness;
+pub mod faults;
 pub mod health;
 pub mod load;
 pub mod prepare;
+pub mod record;
 pub mod register;
 pub mod score;
 pub mod train;
@@ -15,84 +32,90 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Pipeline, Stage, StageKind};
+use crate::config::{Pipeline, Stage, StageKind, StageParams};
 use crate::data::Table;
-use crate::engine::context::StageCtx;
 use crate::error::Result;
+use context::StageCtx;
+use record::Summary;
+
+pub use record::{OutputRecord, StageRecord, StageStatus};
 
 /// What a successful stage hands back besides its outputs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StageDone {
-    /// Figures for the manifest and the summary; an `inputs` object is merged into the manifest.
-    pub summary: serde_json::Value,
+    /// The kind's figures, for the manifest, the stages after it and the summary.
+    pub summary: Summary,
+    /// Datasets read, with their files' fingerprints (merged into the manifest's `inputs`).
+    pub inputs: indexmap::IndexMap<String, load::Input>,
     /// After this time the outputs must not be reused.
     pub valid_until: Option<DateTime<Utc>>,
-    /// Gates that failed: the stage succeeded, but the run ends with exit code 1.
-    pub gate_failures: Vec<String>,
+    /// Checks that failed (a gate, an unhealthy model): the stage succeeded, but the run ends
+    /// with exit code 1.
+    pub check_failures: Vec<String>,
+}
+
+impl StageDone {
+    pub fn new(summary: impl Into<Summary>) -> StageDone {
+        StageDone {
+            summary: summary.into(),
+            inputs: Default::default(),
+            valid_until: None,
+            check_failures: Vec::new(),
+        }
+    }
 }
 
 /// Executes one attempt of a stage.
 pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
-    match &ctx.stage.kind {
-        StageKind::Load { datasets } => load::run(ctx, datasets).await,
-        StageKind::Validate { datasets } => validate::run(ctx, datasets).await,
-        StageKind::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
-        StageKind::Train { model } => train::run(ctx, model).await,
-        StageKind::Score { dataset, models } => score::run(ctx, dataset, models).await,
-        StageKind::Fairness { models } => fairness::run(ctx, models).await,
-        StageKind::Register { models } => register::run(ctx, models).await,
-        StageKind::Health => health::run(ctx).await,
-        StageKind::Drift {
+    match &ctx.stage.params {
+        StageParams::Load { datasets } => load::run(ctx, datasets).await,
+        StageParams::Validate { datasets } => validate::run(ctx, datasets).await,
+        StageParams::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
+        StageParams::Train { model } => train::run(ctx, model).await,
+        StageParams::Score { dataset, models } => score::run(ctx, dataset, models).await,
+        StageParams::Fairness { models } => fairness::run(ctx, models).await,
+        StageParams::Register { models } => register::run(ctx, models).await,
+        StageParams::Health => health::run_stage(ctx).await,
+        StageParams::Drift {
             reference,
             current,
             features,
             ks_threshold,
             psi_threshold,
         } => {
-            drift::run(
-                ctx,
-                reference,
-                current,
-                features,
-                *ks_threshold,
-                *psi_threshold,
-            )
-            .await
+            let thresholds = drift::Thresholds {
+                ks: *ks_threshold,
+                psi: *psi_threshold,
+            };
+            drift::run(ctx, reference, current, features, thresholds).await
         }
     }
 }
 
 /// Datasets a stage reads from the data root (their files' fingerprints enter its fingerprint).
 pub fn datasets_read(st: &Stage) -> Vec<String> {
-    match &st.kind {
-        StageKind::Load { datasets } => datasets.clone(),
-        StageKind::Validate { .. }
-        | StageKind::Prepare { .. }
-        | StageKind::Train { .. }
-        | StageKind::Score { .. }
-        | StageKind::Drift { .. }
-        | StageKind::Fairness { .. }
-        | StageKind::Register { .. }
-        | StageKind::Health => Vec::new(),
+    match &st.params {
+        StageParams::Load { datasets } => datasets.clone(),
+        _ => Vec::new(),
     }
 }
 
 /// Bumped when a kind's logic changes its outputs, so earlier results are not reused.
-pub fn kind_version(st: &Stage) -> u32 {
-    match &st.kind {
-        StageKind::Load { .. } => 1,
+pub fn kind_version(kind: StageKind) -> u32 {
+    match kind {
+        StageKind::Load => 1,
         // 2: personal data pseudonymised, `_bucket` in the clean rows.
-        StageKind::Validate { .. } => 2,
-        StageKind::Prepare { .. } => 2,
+        StageKind::Validate => 2,
+        StageKind::Prepare => 2,
         // 2: logistic gradients use an inline `exp` (probabilities differ in the 11th digit).
         // 3: features of few bins share histogram bytes, ordered leaves (bins' sums added in
         // another order: predictions differ in their last digits).
-        StageKind::Train { .. } => 3,
-        StageKind::Score { .. } => 1,
-        StageKind::Drift { .. } => 1,
+        StageKind::Train => 3,
+        StageKind::Score => 1,
+        StageKind::Drift => 1,
         // 2: bootstrap resamples drawn as multinomial counts (other intervals, same method).
-        StageKind::Fairness { .. } => 2,
-        StageKind::Register { .. } => 1,
+        StageKind::Fairness => 2,
+        StageKind::Register => 1,
         StageKind::Health => 1,
     }
 }
@@ -111,33 +134,27 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    match &st.kind {
-        StageKind::Load { datasets: d } => {
-            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "data": p.storage.data })
+    let kind = &st.params;
+    match kind {
+        StageParams::Load { datasets: d } => {
+            serde_json::json!({ "kind": kind, "datasets": datasets(d), "data": p.storage.data })
         }
-        StageKind::Validate { datasets: d } => {
-            serde_json::json!({ "kind": st.kind, "datasets": datasets(d), "quality": p.quality, "pseudonyms": p.pseudonyms.scheme() })
+        StageParams::Validate { datasets: d } => {
+            serde_json::json!({ "kind": kind, "datasets": datasets(d), "quality": p.quality, "pseudonyms": p.pseudonyms.scheme() })
         }
-        StageKind::Prepare { dataset, .. } => {
-            serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })
+        StageParams::Prepare { dataset, .. } | StageParams::Score { dataset, .. } => {
+            serde_json::json!({ "kind": kind, "datasets": datasets(std::slice::from_ref(dataset)) })
         }
-        StageKind::Train { model } => {
-            serde_json::json!({ "kind": st.kind, "model": p.models[model] })
+        StageParams::Train { model } => {
+            serde_json::json!({ "kind": kind, "model": p.models[model] })
         }
-        StageKind::Score { dataset, .. } => {
-            serde_json::json!({ "kind": st.kind, "datasets": datasets(std::slice::from_ref(dataset)) })
-        }
-        StageKind::Drift { .. } => serde_json::json!({ "kind": st.kind }),
-        StageKind::Fairness { .. } => {
-            serde_json::json!({ "kind": st.kind, "fairness": p.fairness, "seed": p.seed })
+        StageParams::Drift { .. } | StageParams::Health => serde_json::json!({ "kind": kind }),
+        StageParams::Fairness { .. } => {
+            serde_json::json!({ "kind": kind, "fairness": p.fairness, "seed": p.seed })
         }
         // Unchanged inputs: the earlier registration stands (no duplicate versions).
-        StageKind::Register { .. } => {
-            serde_json::json!({ "kind": st.kind, "registry": p.storage.registry, "fairness_threshold": p.fairness.threshold })
-        }
-        // The registry can change between runs (promote, rollback): check every time.
-        StageKind::Health => {
-            serde_json::json!({ "kind": st.kind, "nonce": crate::engine::new_run_id() })
+        StageParams::Register { .. } => {
+            serde_json::json!({ "kind": kind, "registry": p.storage.registry, "fairness_threshold": p.fairness.threshold })
         }
     }
 }
@@ -185,19 +202,14 @@ pub async fn dataset_tables(ctx: &StageCtx, names: &[String]) -> Result<Vec<Arc<
 }
 
 async fn read_dataset(
-    shared: Arc<crate::engine::context::Shared>,
+    shared: Arc<context::Shared>,
     progress: indicatif::ProgressBar,
     name: String,
     expected_fingerprint: Option<String>,
 ) -> Result<Arc<Table>> {
     let name = name.as_str();
-    let expected_fingerprint = expected_fingerprint.as_deref();
-    let shared = &shared;
     let ds = &shared.pipeline.datasets[name];
-    let located = match shared.located.get(name) {
-        Some(l) => l.clone(),
-        None => crate::data::reader::locate(&shared.pipeline.storage.data, &ds.location).await?,
-    };
+    let located = shared.located(name).await?;
     let fp = located.fingerprint();
     if let Some(want) = expected_fingerprint {
         if want != fp {

@@ -1,4 +1,4 @@
-//! `register`: records every trained model in the registry (SPEC §10) and decides promotion.
+//! `register`: records every trained model in the registry and decides promotion.
 //! A version that fails a gate or the fairness threshold is `rejected`, with the reason. One that
 //! passes becomes `production` if there is none yet, or if it is at least as good as the current
 //! production version measured on this run's holdout rows (champion/challenger); otherwise it
@@ -7,35 +7,51 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::StageDone;
-use crate::config::Task;
-use crate::engine::context::StageCtx;
-use crate::engine::manifest::StageRecord;
-use crate::error::{Error, Result};
-use crate::model::Artifact;
-use crate::registry::{Change, Registry, Status, VersionDoc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
-/// Whether higher values of a metric are better.
-fn higher_is_better(metric: &str) -> bool {
-    !matches!(metric, "rmse" | "mae" | "log_loss" | "brier")
+use super::context::StageCtx;
+use super::StageDone;
+use crate::config::StageKind;
+use crate::data::holdout;
+use crate::error::{Error, Result};
+use crate::metrics::Metric;
+use crate::model::{Artifact, Task};
+use crate::registry::{Change, Status, VersionDoc, VersionMetrics};
+
+/// The registry's decision on one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub model_id: String,
+    pub version: u32,
+    pub status: Status,
+    pub reason: Option<String>,
+    /// The production version after the decision.
+    pub production: Option<u32>,
+    /// The version's document in the registry.
+    pub registry: String,
 }
 
-fn find<'a>(
-    ctx: &'a StageCtx,
-    kind: &str,
-    model: Option<&str>,
-) -> Option<(&'a String, &'a StageRecord)> {
-    ctx.upstream.iter().find(|(_, r)| {
-        r.kind == kind
-            && model.is_none_or(|m| r.summary.get("model").and_then(|v| v.as_str()) == Some(m))
-    })
+/// `register.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub registry: String,
+    pub models: IndexMap<String, Decision>,
+}
+
+/// What a register stage reports: the decision per model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub models: IndexMap<String, Decision>,
 }
 
 pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     let p = ctx.pipeline();
-    let registry = Registry::open(&p.storage.registry)?;
-    let prep = find(ctx, "prepare", None)
-        .and_then(|(_, r)| r.output("prepare").cloned())
+    let registry = &ctx.shared.registry;
+    let prep = ctx
+        .upstream_of(StageKind::Prepare)
+        .into_iter()
+        .find_map(|(_, r)| r.output("prepare").cloned())
         .ok_or_else(|| {
             Error::Usage(format!(
                 "stage `{}` needs a prepare stage before it",
@@ -44,87 +60,70 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         })?;
     let recipe: super::prepare::Recipe = ctx.read_json(&prep).await?;
     let clean = ctx.read_table(&recipe.source).await?;
-    let fairness = find(ctx, "fairness", None).map(|(_, r)| r.summary.clone());
-    let drift = find(ctx, "drift", None)
-        .map(|(_, r)| r.summary.clone())
+    let fairness = ctx
+        .upstream_of(StageKind::Fairness)
+        .into_iter()
+        .find_map(|(_, r)| r.fairness().cloned());
+    let drift = ctx
+        .upstream_of(StageKind::Drift)
+        .into_iter()
+        .find_map(|(_, r)| r.drift())
+        .map(serde_json::to_value)
+        .transpose()?
         .unwrap_or(serde_json::Value::Null);
     let run_id = ctx.shared.run_id.clone();
     let today = ctx.shared.as_of.format("%Y-%m-%d").to_string();
-    let mut decisions = serde_json::Map::new();
+    let mut decisions = IndexMap::new();
     for m in models {
         let model = p.models[m].clone();
-        let (stage, rec) = ctx.trained(m)?;
-        let art_out = rec
-            .output("model")
-            .cloned()
-            .ok_or_else(|| Error::Data(format!("stage `{stage}` has no model artifact")))?;
+        let trained = ctx.trained(m)?;
+        let art_out = trained.output("model")?.clone();
         let bytes = ctx.shared.artifacts.get(&art_out.path).await?;
         let artifact: Artifact = serde_json::from_slice(&bytes)?;
         let art_rel = registry.put_artifact(m, &art_out.sha256, bytes).await?;
-        let holdout = ctx
-            .read_table(rec.output("holdout").ok_or_else(|| {
-                Error::Data(format!("stage `{stage}` has no holdout predictions"))
-            })?)
-            .await?;
-        let metrics = rec.summary["metrics"].clone();
+        let holdout = ctx.read_table(trained.output("holdout")?).await?;
+        let t = trained.summary;
         let primary = model
             .gates
             .first()
-            .map(|g| g.metric.clone())
-            .unwrap_or_else(|| {
-                if model.task == Task::Binary {
-                    "auc".into()
-                } else {
-                    "r2".into()
-                }
-            });
-        let ours = metrics[&primary].as_f64().unwrap_or(f64::NAN);
-        let mut fairness_doc = serde_json::Map::new();
-        if let Some(f) = fairness.as_ref().and_then(|f| f["parity"][m].as_object()) {
-            fairness_doc = f.clone();
+            .map(|g| g.metric)
+            .unwrap_or_else(|| Metric::primary(model.task));
+        let ours = t.metrics.get(&primary).copied().unwrap_or(f64::NAN);
+        let mut reject: Vec<String> = t
+            .failed_gates()
+            .map(|g| format!("failed gate {g}"))
+            .collect();
+        if let Some(f) = &fairness {
+            reject.extend(f.violated.get(m).into_iter().flatten().map(|v| {
+                format!(
+                    "fairness below {}: {}",
+                    p.fairness.threshold,
+                    super::fairness::violation_text(m, v)
+                )
+            }));
         }
-        let fairness_violations: Vec<String> = fairness
-            .as_ref()
-            .and_then(|f| f["violations"].as_array())
-            .map(|v| {
-                v.iter()
-                    .filter_map(|x| x.as_str())
-                    .filter(|x| x.contains(&format!("model `{m}`")))
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut reject: Vec<String> = rec.summary["gate_failures"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str())
-                    .map(|s| format!("failed gate {s}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        reject.extend(
-            fairness_violations
-                .iter()
-                .map(|v| format!("fairness below {}: {v}", p.fairness.threshold)),
-        );
-        let mut metrics_doc = metrics.as_object().cloned().unwrap_or_default();
-        metrics_doc.insert("fairness".into(), fairness_doc.into());
         let base = VersionDoc {
             model_id: String::new(),
             training_date: today.clone(),
             deployment_date: None,
             status: Status::Candidate,
-            metrics: metrics_doc.into(),
+            metrics: VersionMetrics {
+                holdout: t.metrics.clone(),
+                fairness: fairness
+                    .as_ref()
+                    .and_then(|f| f.parity.get(m))
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default(),
+            },
             data_version: recipe.source.sha256[..16].to_string(),
-            training_duration_min: rec.summary["training_seconds"].as_f64().unwrap_or(0.0) / 60.0,
+            training_duration_min: t.training_seconds / 60.0,
             last_evaluated: ctx
                 .shared
                 .as_of
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             model: m.clone(),
             version: 0,
-            run_id: rec.reused_from.clone().unwrap_or_else(|| run_id.clone()),
+            run_id: trained.run_id(&run_id).to_string(),
             artifact_uri: registry.store().url_of(&art_rel),
             artifact_sha256: art_out.sha256.clone(),
             algorithm: artifact.algorithm.name().to_string(),
@@ -132,7 +131,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             features: model.features.clone(),
             training_data: ctx.shared.artifacts.url_of(&recipe.source.path),
             drift: drift.clone(),
-            code_version: crate::engine::CODE_VERSION.to_string(),
+            code_version: crate::CODE_VERSION.to_string(),
             reason: None,
         };
         // Champion/challenger: the production version scored on this run's holdout rows. If
@@ -155,15 +154,14 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                         &holdout,
                         model.task,
                         model.threshold,
-                        &primary,
+                        primary,
                     )?;
                     Some((v, value))
                 }
             };
             let stale = Arc::new(AtomicBool::new(false));
             let seen = st.production;
-            let (reject, base, primary, stale2) =
-                (reject.clone(), base.clone(), primary.clone(), stale.clone());
+            let (reject, base, stale2) = (reject.clone(), base.clone(), stale.clone());
             let (state, changes) = registry
                 .commit(m, &run_id, move |st| {
                     // Already registered by this run (a resumed run): nothing to add.
@@ -187,8 +185,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                         let promote = match champion {
                             None => Some("first version to pass its gates and fairness".to_string()),
                             Some((v, theirs)) => {
-                                let better = if higher_is_better(&primary) { ours >= theirs } else { ours <= theirs };
-                                if better {
+                                if primary.at_least_as_good(ours, theirs) {
                                     Some(format!("{primary} {ours:.4} on this holdout, production v{v} {theirs:.4}"))
                                 } else {
                                     doc.reason = Some(format!("not better than production v{v}: {primary} {ours:.4} vs {theirs:.4} on the same holdout"));
@@ -210,7 +207,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             outcome = Some((state, changes));
             break;
         }
-        let (state, changes) = outcome.ok_or_else(|| Error::Storage(format!("registry for `{m}`: production kept moving during registration; run `register` again")))?;
+        let (state, changes) = outcome.ok_or_else(|| Error::storage(format!("registry for `{m}`: production kept moving during registration; run `register` again")))?;
         let version = changes
             .iter()
             .find_map(|c| {
@@ -233,51 +230,52 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
                 ))
             })?;
         let doc = &state.versions[&version];
-        let status = serde_json::to_value(doc.status).unwrap_or_default();
         ctx.emit(crate::telemetry::Event::ModelRegistered {
             model: m,
             version,
             model_id: &doc.model_id,
-            status: status.as_str().unwrap_or("unknown"),
+            status: doc.status.as_str(),
             reason: doc.reason.as_deref(),
         });
         decisions.insert(
             m.clone(),
-            serde_json::json!({
-                "model_id": doc.model_id, "version": version, "status": doc.status, "reason": doc.reason,
-                "production": state.production, "registry": registry.store().url_of(&format!("{m}/v{version}.json")),
-            }),
+            Decision {
+                model_id: doc.model_id.clone(),
+                version,
+                status: doc.status,
+                reason: doc.reason.clone(),
+                production: state.production,
+                registry: registry.store().url_of(&format!("{m}/v{version}.json")),
+            },
         );
     }
-    ctx.write_json(
-        "register",
-        "register.json",
-        &serde_json::json!({ "registry": p.storage.registry, "models": decisions }),
-    )
-    .await?;
-    Ok(StageDone {
-        summary: serde_json::json!({ "models": decisions }),
-        ..Default::default()
-    })
+    let report = Report {
+        registry: p.storage.registry.clone(),
+        models: decisions,
+    };
+    ctx.write_json("register", "register.json", &report).await?;
+    Ok(StageDone::new(Summary {
+        models: report.models,
+    }))
 }
 
 /// A model's primary metric on the holdout rows of this run.
 fn score_on_holdout(
     a: &Artifact,
     clean: &arrow::record_batch::RecordBatch,
-    holdout: &arrow::record_batch::RecordBatch,
+    table: &arrow::record_batch::RecordBatch,
     task: Task,
     threshold: f64,
-    metric: &str,
+    metric: Metric,
 ) -> Result<f64> {
-    let rows = super::train::holdout_row_numbers(holdout)?;
+    let rows = holdout::row_numbers(table)?;
     let (pred, _) = a
         .predict_rows(clean, Some(&rows))
         .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?;
-    let y: Vec<f64> = super::train::holdout_column(holdout, "target")?;
-    let m = super::train::evaluate(task, &y, &pred, threshold)
+    let y: Vec<f64> = holdout::column(table, "target")?;
+    let m = crate::metrics::evaluate(task, &y, &pred, threshold)
         .map_err(|e| Error::Data(e.to_string()))?;
-    m.get(metric)
+    m.get(&metric)
         .copied()
         .ok_or_else(|| Error::Data(format!("metric `{metric}` not produced")))
 }

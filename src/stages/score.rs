@@ -1,5 +1,5 @@
-//! `score`: applies every trained model to the validated rows of a dataset (the seeds' "results
-//! table"). Writes `scores.parquet`: the key columns (personal-data keys as the pseudonyms
+//! `score`: applies every trained model to the validated rows of a dataset (the "results
+//! table" of the platform this pipeline replaces). Writes `scores.parquet`: the key columns (personal-data keys as the pseudonyms
 //! `validate` wrote, see [`crate::data::pseudonym`]), one prediction column per model
 //! (probabilities for binary models), one version column per model, and `scored_at`. Categories
 //! a model never saw in training are scored with the shared "other" code and counted.
@@ -9,11 +9,50 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
+use super::context::StageCtx;
 use super::StageDone;
-use crate::engine::context::StageCtx;
 use crate::error::{Error, Result};
-use crate::model::Artifact;
+use crate::model::{Artifact, Task};
+
+/// What a score stage reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub dataset: String,
+    pub rows: u64,
+    pub models: IndexMap<String, Scored>,
+}
+
+/// One model's scores of the dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub rows: u64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub mean_prediction: f64,
+    /// The artifact version the scores carry (see [`artifact_version`]).
+    pub version: String,
+    /// Per feature, categories never seen in training (scored as "other").
+    pub unseen_categories: std::collections::BTreeMap<String, u64>,
+    /// Per feature, missing values filled in by the transform.
+    pub imputed_values: std::collections::BTreeMap<String, u64>,
+    /// Binary models: the share predicted positive at the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_rate: Option<f64>,
+}
+
+impl Summary {
+    /// Milliseconds per 1 000 rows and model, when the stage ran in its run (`seconds`; not
+    /// for a stage reused from an earlier run, whose time was not measured there).
+    pub fn inference_ms_per_1k(&self, seconds: f64) -> std::collections::BTreeMap<String, f64> {
+        if self.rows == 0 || self.models.is_empty() {
+            return Default::default();
+        }
+        let each = seconds * 1e6 / self.rows as f64 / self.models.len() as f64;
+        self.models.keys().map(|m| (m.clone(), each)).collect()
+    }
+}
 
 /// The version recorded for a model until the registry assigns one: the training run and the
 /// first 12 hex characters of the artifact's SHA-256.
@@ -43,14 +82,15 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
         fields.push(Field::new(k, c.data_type().clone(), true));
         cols.push(c.clone());
     }
-    let mut summary = serde_json::Map::new();
+    let mut summary = Summary {
+        dataset: dataset.to_string(),
+        rows: table.num_rows() as u64,
+        models: IndexMap::new(),
+    };
     for m in models {
-        let stage = ctx.trained(m).map(|(s, r)| (s.clone(), r.clone()))?;
-        let out = stage
-            .1
-            .output("model")
-            .cloned()
-            .ok_or_else(|| Error::Data(format!("stage `{}` has no model artifact", stage.0)))?;
+        let trained = ctx.trained(m)?;
+        let out = trained.output("model")?.clone();
+        let run = trained.run_id(&ctx.shared.run_id).to_string();
         let artifact: Artifact = ctx.read_json(&out).await?;
         let t = table.clone();
         let a = artifact.clone();
@@ -59,27 +99,12 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
             .await
             .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
             .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
-        let run = stage
-            .1
-            .reused_from
-            .clone()
-            .unwrap_or_else(|| ctx.shared.run_id.clone());
         let version = artifact_version(&run, &out.sha256);
         let mean = pred.iter().sum::<f64>() / pred.len().max(1) as f64;
-        let mut s = serde_json::json!({
-            "rows": pred.len(),
-            "mean_prediction": mean,
-            "version": version,
-            "unseen_categories": matrix.unseen,
-            "imputed_values": matrix.imputed,
-        });
-        let positive_rate = (artifact.task == crate::config::Task::Binary).then(|| {
+        let positive_rate = (artifact.task == Task::Binary).then(|| {
             pred.iter().filter(|p| **p >= artifact.threshold).count() as f64
                 / pred.len().max(1) as f64
         });
-        if let Some(r) = positive_rate {
-            s["positive_rate"] = serde_json::json!(r);
-        }
         let bounds = crate::telemetry::events::score_bounds(&pred);
         ctx.emit(crate::telemetry::Event::ModelScored {
             model: m,
@@ -91,7 +116,17 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
         if !matrix.unseen.is_empty() {
             tracing::warn!(stage = %ctx.stage.name, model = %m, unseen = ?matrix.unseen, "categories never seen in training were scored as 'other'");
         }
-        summary.insert(m.clone(), s);
+        summary.models.insert(
+            m.clone(),
+            Scored {
+                rows: pred.len() as u64,
+                mean_prediction: mean,
+                version: version.clone(),
+                unseen_categories: matrix.unseen,
+                imputed_values: matrix.imputed,
+                positive_rate,
+            },
+        );
         fields.push(Field::new(m, DataType::Float64, false));
         cols.push(Arc::new(Float64Array::from(pred)));
         fields.push(Field::new(format!("{m}_version"), DataType::Utf8, false));
@@ -109,10 +144,7 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
     let scores = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
         .map_err(|e| Error::Infra(format!("scores table: {e}")))?;
     ctx.write_table("scores", "scores.parquet", scores).await?;
-    Ok(StageDone {
-        summary: serde_json::json!({ "dataset": dataset, "rows": table.num_rows(), "models": summary }),
-        ..Default::default()
-    })
+    Ok(StageDone::new(summary))
 }
 
 #[cfg(test)]

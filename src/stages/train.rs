@@ -1,7 +1,7 @@
 //! `train`: fits one declared model on the training side of the prepared rows, evaluates it on
 //! the holdout side, and checks its gates. Writes `model.json` (the artifact, with its fitted
-//! transform), `metrics.json`, and `holdout.parquet` (`_row` in the clean data, target,
-//! prediction) for the fairness and drift stages.
+//! transform), `metrics.json` ([`Report`]), and `holdout.parquet` (`_row` in the clean data,
+//! target, prediction) for the fairness, drift and register stages.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,81 +9,75 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Float64Array, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
-use super::prepare::{split_buckets, Recipe};
+use super::context::StageCtx;
+use super::prepare::Recipe;
 use super::StageDone;
-use crate::config::{Model, Task};
-use crate::engine::context::StageCtx;
+use crate::config::{Gate, Model};
+use crate::data::split;
 use crate::error::{Error, Result};
-use crate::metrics::{self, Confusion};
+use crate::metrics::Metrics;
 use crate::model::transform::{Encoded, Transform};
-use crate::model::Artifact;
+use crate::model::{Artifact, Task};
 
-/// The clean rows a holdout table refers to (its `_row` column), in holdout order.
-pub fn holdout_rows(clean: &RecordBatch, holdout: &RecordBatch) -> Result<RecordBatch> {
-    let idx = arrow::array::UInt32Array::from(holdout_row_numbers(holdout)?);
-    arrow::compute::take_record_batch(clean, &idx)
-        .map_err(|e| Error::Infra(format!("holdout rows: {e}")))
+/// Rows on each side of the split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rows {
+    pub train: usize,
+    pub holdout: usize,
 }
 
-/// The row numbers in the clean table of a holdout table's rows (its `_row` column).
-pub fn holdout_row_numbers(holdout: &RecordBatch) -> Result<Vec<u32>> {
-    use arrow::array::AsArray;
-    let stale = |what: &str| {
-        Error::Data(format!(
-            "the holdout table {what}; re-run its train stage with --force"
-        ))
-    };
-    holdout
-        .column_by_name("_row")
-        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>())
-        .ok_or_else(|| stale("has no `_row` column"))?
-        .values()
-        .iter()
-        .map(|&r| u32::try_from(r).map_err(|_| stale(&format!("refers to row {r}"))))
-        .collect()
+/// A gate and how the model did against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateOutcome {
+    pub gate: Gate,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub value: f64,
+    pub passed: bool,
 }
 
-/// A numeric column of a holdout table (`target` or `prediction`).
-pub fn holdout_column(holdout: &RecordBatch, name: &str) -> Result<Vec<f64>> {
-    use arrow::array::AsArray;
-    holdout
-        .column_by_name(name)
-        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Float64Type>())
-        .map(|c| c.values().to_vec())
-        .ok_or_else(|| Error::Data(format!("the holdout table has no numeric `{name}` column; re-run its train stage with --force")))
-}
-
-/// Holdout metrics of a model.
-pub fn evaluate(
-    task: Task,
-    y: &[f64],
-    p: &[f64],
-    threshold: f64,
-) -> std::result::Result<IndexMap<String, f64>, metrics::MetricError> {
-    let mut m = IndexMap::new();
-    match task {
-        Task::Regression => {
-            m.insert("r2".into(), metrics::r2(y, p)?);
-            m.insert("rmse".into(), metrics::rmse(y, p)?);
-            m.insert("mae".into(), metrics::mae(y, p)?);
-        }
-        Task::Binary => {
-            let yb: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
-            m.insert("auc".into(), metrics::roc_auc(&yb, p)?);
-            m.insert("log_loss".into(), metrics::log_loss(&yb, p)?);
-            m.insert("brier".into(), metrics::brier(&yb, p)?);
-            let c = Confusion::at(&yb, p, threshold)?;
-            m.insert("precision".into(), c.precision());
-            m.insert("recall".into(), c.recall());
-            m.insert("f1".into(), c.f1());
-            m.insert(
-                "positive_rate".into(),
-                p.iter().filter(|v| **v >= threshold).count() as f64 / p.len() as f64,
-            );
-        }
+impl std::fmt::Display for GateOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (got {:.4})", self.gate, self.value)
     }
-    Ok(m)
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub model: String,
+    pub task: Task,
+    pub algorithm: String,
+    pub rows: Rows,
+    pub metrics: Metrics,
+    pub gates: Vec<GateOutcome>,
+    pub passed: bool,
+    pub training_seconds: f64,
+    /// Each feature's share of the model's importance (absent for algorithms without one).
+    pub feature_importance: Option<IndexMap<String, f64>>,
+}
+
+/// What a train stage reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub task: Task,
+    pub metrics: Metrics,
+    pub gates: Vec<GateOutcome>,
+    pub passed: bool,
+    pub training_seconds: f64,
+    pub rows: Rows,
+    /// What counts as "selected" for fairness: the decision threshold of a binary model, the
+    /// training median of the target for a regression model.
+    pub selection_threshold: f64,
+}
+
+impl Summary {
+    /// The gates the model failed.
+    pub fn failed_gates(&self) -> impl Iterator<Item = &GateOutcome> {
+        self.gates.iter().filter(|g| !g.passed)
+    }
 }
 
 pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
@@ -119,7 +113,7 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
             .await
             .map_err(|e| Error::Infra(format!("stage `{stage}`: training panicked: {e}")))?
             .map_err(|e| Error::Data(format!("model `{name}`: {e}")))?;
-    let seconds = started.elapsed().as_secs_f64();
+    let training_seconds = started.elapsed().as_secs_f64();
     let Fitted {
         artifact,
         metrics,
@@ -128,80 +122,66 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         rows,
         selection_threshold,
     } = fitted;
-
-    let failed: Vec<String> = gates
-        .iter()
-        .filter(|g| !g.2)
-        .map(|g| format!("{} (got {:.4})", g.0, g.1))
-        .collect();
-    for (k, v) in &metrics {
+    let summary = Summary {
+        model: model_name.to_string(),
+        task: artifact.task,
+        metrics,
+        passed: gates.iter().all(|g| g.passed),
+        gates,
+        training_seconds,
+        rows,
+        selection_threshold,
+    };
+    let failed: Vec<String> = summary.failed_gates().map(|g| g.to_string()).collect();
+    for (k, v) in &summary.metrics {
         ctx.emit(crate::telemetry::Event::ModelEvaluated {
             model: model_name,
-            metric: k,
+            metric: k.name(),
             value: *v,
         });
     }
     ctx.emit(crate::telemetry::Event::ModelTrained {
         model: model_name,
         algorithm: artifact.algorithm.name(),
-        seconds,
-        passed: failed.is_empty(),
+        seconds: training_seconds,
+        passed: summary.passed,
         failed_gates: failed.join("; "),
     });
     ctx.write_json("model", "model.json", &artifact).await?;
-    let doc = serde_json::json!({
-        "model": model_name,
-        "task": artifact.task,
-        "algorithm": artifact.algorithm.name(),
-        "rows": { "train": rows.0, "holdout": rows.1 },
-        "metrics": metrics,
-        "gates": gates.iter().map(|(g, v, ok)| serde_json::json!({ "gate": g, "value": v, "passed": ok })).collect::<Vec<_>>(),
-        "passed": failed.is_empty(),
-        "training_seconds": seconds,
-        "feature_importance": importance(&artifact),
-    });
-    ctx.write_json("metrics", "metrics.json", &doc).await?;
+    let report = Report {
+        model: model_name.to_string(),
+        task: artifact.task,
+        algorithm: artifact.algorithm.name().to_string(),
+        rows,
+        metrics: summary.metrics.clone(),
+        gates: summary.gates.clone(),
+        passed: summary.passed,
+        training_seconds,
+        feature_importance: importance(&artifact),
+    };
+    ctx.write_json("metrics", "metrics.json", &report).await?;
     ctx.write_table("holdout", "holdout.parquet", holdout)
         .await?;
-    Ok(StageDone {
-        summary: serde_json::json!({
-            "model": model_name,
-            "metrics": metrics,
-            "passed": failed.is_empty(),
-            "gate_failures": failed,
-            "training_seconds": seconds,
-            "rows": { "train": rows.0, "holdout": rows.1 },
-            "task": artifact.task,
-            "selection_threshold": selection_threshold,
-        }),
-        gate_failures: failed
-            .iter()
-            .map(|f| format!("model `{model_name}` failed gate {f}; it will not be promoted (see its metrics.json, or change the gate)"))
-            .collect(),
-        ..Default::default()
-    })
+    let mut done = StageDone::new(summary);
+    done.check_failures = failed
+        .iter()
+        .map(|f| format!("model `{model_name}` failed gate {f}; it will not be promoted (see its metrics.json, or change the gate)"))
+        .collect();
+    Ok(done)
 }
 
 struct Fitted {
     artifact: Artifact,
-    metrics: IndexMap<String, f64>,
+    metrics: Metrics,
     holdout: RecordBatch,
-    gates: Vec<(String, f64, bool)>,
-    rows: (usize, usize),
-    /// What counts as "selected" for fairness: the decision threshold of a binary model, the
-    /// training median of the target for a regression model.
+    gates: Vec<GateOutcome>,
+    rows: Rows,
     selection_threshold: f64,
 }
 
 fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
-    let b = split_buckets(table, &recipe.dataset).map_err(|e| e.to_string())?;
-    let cut = recipe.cut();
-    let train_rows: Vec<u32> = (0..b.len() as u32)
-        .filter(|&r| b[r as usize] < cut)
-        .collect();
-    let hold_rows: Vec<u32> = (0..b.len() as u32)
-        .filter(|&r| b[r as usize] >= cut)
-        .collect();
+    let b = split::split_buckets(table, &recipe.dataset).map_err(|e| e.to_string())?;
+    let (train_rows, hold_rows) = split::sides(&b, recipe.cut());
     let y = crate::model::target(
         table,
         &model.target,
@@ -239,14 +219,18 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
     let (ph, _) = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
         .in_scope(|| artifact.predict_rows(table, Some(&hold_rows)))?;
     let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
-    let metrics = evaluate(model.task, &yh, &ph, model.threshold)
+    let metrics = crate::metrics::evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;
     let gates = model
         .gates
         .iter()
         .map(|g| {
-            let v = metrics[g.metric.as_str()];
-            (g.to_string(), v, g.passes(v))
+            let value = metrics[&g.metric];
+            GateOutcome {
+                gate: g.clone(),
+                value,
+                passed: g.passes(value),
+            }
         })
         .collect();
     let holdout = RecordBatch::try_from_iter(vec![
@@ -269,7 +253,10 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         metrics,
         holdout,
         gates,
-        rows: (train_rows.len(), hold_rows.len()),
+        rows: Rows {
+            train: train_rows.len(),
+            holdout: hold_rows.len(),
+        },
         selection_threshold,
     })
 }

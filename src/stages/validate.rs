@@ -1,4 +1,5 @@
-//! `validate`: the checks of SPEC §6 on each dataset. Writes `quality.json`, and per dataset the
+//! `validate`: the data-quality checks (null rate, schema violations, outliers, duplicates,
+//! freshness; see [`crate::quality`]) on each dataset. Writes `quality.json`, and per dataset the
 //! clean rows (`<dataset>/clean.parquet`, with the split bucket `_bucket` of each row's key) and
 //! the QA table of rejected rows with their reasons (`<dataset>/rejected.parquet`, columns `_row`
 //! and `_reasons` added). Both tables carry the dataset's `pii` columns as pseudonyms
@@ -11,11 +12,68 @@ use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Duration, Utc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 
+use super::context::StageCtx;
 use super::StageDone;
-use crate::engine::context::StageCtx;
+use crate::config::OnFail;
 use crate::error::{Error, Result};
 use crate::quality::{self, Status};
+
+/// `quality.json`: every check of every dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The "now" freshness was measured against.
+    pub as_of: String,
+    pub datasets: IndexMap<String, quality::DatasetReport>,
+}
+
+/// What a validate stage reports, per dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Summary(pub IndexMap<String, DatasetSummary>);
+
+/// One dataset's checks, in brief.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSummary {
+    pub rows: u64,
+    pub clean_rows: u64,
+    pub rejected_rows: u64,
+    pub status: Status,
+    pub checks: IndexMap<String, CheckSummary>,
+}
+
+/// One check, in brief.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckSummary {
+    pub value: f64,
+    pub status: Status,
+    pub on_fail: OnFail,
+}
+
+impl DatasetSummary {
+    fn of(r: &quality::DatasetReport) -> DatasetSummary {
+        DatasetSummary {
+            rows: r.rows,
+            clean_rows: r.clean_rows,
+            rejected_rows: r.rejected_rows,
+            status: r.status,
+            checks: r
+                .checks
+                .iter()
+                .map(|(k, v)| {
+                    let c = CheckSummary {
+                        value: v.value,
+                        status: v.status,
+                        on_fail: v.on_fail,
+                    };
+                    (k.clone(), c)
+                })
+                .collect(),
+        }
+    }
+}
 
 /// What checking one dataset produced.
 struct Checked {
@@ -29,56 +87,44 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
     // Datasets are independent: check and write them concurrently.
     let checked =
         futures::future::try_join_all(datasets.iter().map(|name| check_one(ctx, name))).await?;
-    let mut reports = serde_json::Map::new();
-    let mut summary = serde_json::Map::new();
+    let mut report = Report {
+        as_of: ctx
+            .shared
+            .as_of
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        datasets: IndexMap::new(),
+    };
+    let mut summary = Summary(IndexMap::new());
     let mut stops = Vec::new();
     let mut valid_until: Option<DateTime<Utc>> = None;
     for c in checked {
-        let report = &c.report;
-        summary.insert(
-            c.name.clone(),
-            serde_json::json!({
-                "rows": report.rows,
-                "clean_rows": report.clean_rows,
-                "rejected_rows": report.rejected_rows,
-                "status": report.status,
-                "checks": report.checks.iter().map(|(k, v)| (k.clone(), serde_json::json!({"value": v.value, "status": v.status, "on_fail": v.on_fail}))).collect::<serde_json::Map<_,_>>(),
-            }),
-        );
-        reports.insert(c.name.clone(), serde_json::to_value(report)?);
+        summary
+            .0
+            .insert(c.name.clone(), DatasetSummary::of(&c.report));
+        report.datasets.insert(c.name.clone(), c.report);
         stops.extend(c.stops);
         valid_until = match (valid_until, c.valid_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
     }
-    let doc = serde_json::json!({
-        "as_of": ctx.shared.as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "datasets": reports,
-    });
-    ctx.write_json("quality", "quality.json", &doc).await?;
+    ctx.write_json("quality", "quality.json", &report).await?;
     if !stops.is_empty() {
         return Err(Error::CheckFailed(stops.join("\n")));
     }
-    Ok(StageDone {
-        summary: summary.into(),
-        valid_until,
-        ..Default::default()
-    })
+    let mut done = StageDone::new(summary);
+    done.valid_until = valid_until;
+    Ok(done)
 }
 
 async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
     let p = ctx.pipeline();
     let mut stops = Vec::new();
     let mut valid_until = None;
-    let expected = ctx.upstream.values().find_map(|r| {
-        r.summary
-            .get("inputs")?
-            .get(name)?
-            .get("fingerprint")?
-            .as_str()
-            .map(String::from)
-    });
+    let expected = ctx
+        .upstream
+        .values()
+        .find_map(|r| Some(r.load()?.inputs.get(name)?.fingerprint.clone()));
     let table = super::dataset_table(ctx, name, expected.as_deref()).await?;
     ctx.progress
         .set_message(format!("checking {name} ({} rows)", table.num_rows()));
@@ -112,11 +158,7 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
             dataset: name,
             check,
             value: r.value,
-            status: match r.status {
-                Status::Pass => "pass",
-                Status::Warn => "warn",
-                Status::Fail => "fail",
-            },
+            status: r.status.as_str(),
             columns,
             worst: worst.clone(),
         });
@@ -195,7 +237,7 @@ async fn check_one(ctx: &StageCtx, name: &String) -> Result<Checked> {
         } else {
             // The split bucket comes from the raw key, before pseudonyms replace it.
             let (b, r) = (batch.clone(), raw.clone());
-            tokio::task::spawn_blocking(move || super::prepare::with_buckets(&b, &r, &key))
+            tokio::task::spawn_blocking(move || crate::data::split::with_buckets(&b, &r, &key))
                 .await
                 .map_err(|e| Error::Infra(format!("split buckets panicked: {e}")))??
         };

@@ -52,33 +52,83 @@ pub struct ObjectInfo {
     pub last_modified: String,
 }
 
-/// A storage error as a person reads it: what failed, where, and what to check.
-pub fn fail(action: &str, url: &str, e: &object_store::Error) -> Error {
-    let text = e.to_string();
-    // A refusal on a list or a bare request comes back as a generic error carrying the status.
-    let refused = [
-        "403 Forbidden",
-        "401 Unauthorized",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-    ]
-    .iter()
-    .any(|m| text.contains(m));
-    let hint = match e {
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
+/// What kind of storage failure an error is, from its type: `object_store`'s variant (which
+/// carries the HTTP status of a request: 403 is `PermissionDenied`, 404 `NotFound`, ...), else
+/// the transport failure (`HttpError`) found in its chain of sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The credentials were refused (401, 403).
+    Refused,
+    /// The object or location does not exist (404).
+    Missing,
+    /// The endpoint did not answer, or not in time (connect errors, timeouts), after retries.
+    Unreachable,
+    /// Anything else.
+    Other,
+}
+
+impl Failure {
+    /// Classifies an `object_store` error.
+    pub fn of(e: &object_store::Error) -> Failure {
+        use object_store::client::HttpErrorKind;
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => return Failure::Refused,
+            object_store::Error::NotFound { .. } => return Failure::Missing,
+            _ => {}
         }
-        _ if refused => {
-            "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(h) = c.downcast_ref::<object_store::client::HttpError>() {
+                return match h.kind() {
+                    HttpErrorKind::Connect
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted => Failure::Unreachable,
+                    _ => Failure::Other,
+                };
+            }
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::PermissionDenied => Failure::Refused,
+                    std::io::ErrorKind::NotFound => Failure::Missing,
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::ConnectionRefused => {
+                        Failure::Unreachable
+                    }
+                    _ => Failure::Other,
+                };
+            }
+            cause = c.source();
         }
-        _ if text.contains("error sending request") || text.contains("retries") => {
-            "; the storage endpoint did not answer: check AWS_ENDPOINT_URL and that the server is up \
-             (retries: MLPIPE_STORAGE_RETRIES, MLPIPE_STORAGE_RETRY_TIMEOUT)"
+        Failure::Other
+    }
+
+    /// What to check, for a person.
+    fn hint(self) -> &'static str {
+        match self {
+            Failure::Refused => {
+                "; access was refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the task role) and the bucket policy"
+            }
+            Failure::Missing => "; it does not exist: check the URL and the bucket",
+            Failure::Unreachable => {
+                "; the storage endpoint did not answer: check AWS_ENDPOINT_URL and that the server is up \
+                 (retries: MLPIPE_STORAGE_RETRIES, MLPIPE_STORAGE_RETRY_TIMEOUT)"
+            }
+            Failure::Other => "",
         }
-        _ => "",
-    };
-    Error::Storage(format!("cannot {action} {url}: {e}{hint}"))
+    }
+}
+
+/// A storage error as a person reads it: what failed, where, and what to check; `e` is kept as
+/// its source.
+pub fn fail(action: &str, url: &str, e: object_store::Error) -> Error {
+    fail_as(Failure::of(&e), action, url, e)
+}
+
+fn fail_as(kind: Failure, action: &str, url: &str, e: object_store::Error) -> Error {
+    Error::Storage {
+        message: format!("cannot {action} {url}: {e}{}", kind.hint()),
+        source: Some(Box::new(e)),
+    }
 }
 
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
@@ -97,7 +147,7 @@ pub fn normalize_url(location: &str) -> Result<String> {
         p.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| Error::Storage(format!("cannot read the current directory: {e}")))?
+            .map_err(|e| Error::storage(format!("cannot read the current directory: {e}")))?
             .join(p)
     };
     let url = Url::from_directory_path(&abs)
@@ -207,11 +257,11 @@ impl Store {
             object_store::Error::NotFound { .. } => {
                 Error::Data(format!("{} does not exist", self.url_of(rel)))
             }
-            e => fail("read", &self.url_of(rel), &e),
+            e => fail("read", &self.url_of(rel), e),
         })?;
         res.bytes()
             .await
-            .map_err(|e| fail("read", &self.url_of(rel), &e))
+            .map_err(|e| fail("read", &self.url_of(rel), e))
     }
 
     /// Reads an object, or `None` when it does not exist.
@@ -224,7 +274,7 @@ impl Store {
         self.inner
             .put(&self.path(rel), bytes.into())
             .await
-            .map_err(|e| fail("write", &self.url_of(rel), &e))?;
+            .map_err(|e| fail("write", &self.url_of(rel), e))?;
         Ok(())
     }
 
@@ -239,7 +289,7 @@ impl Store {
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(fail("write", &self.url_of(rel), &e)),
+            Err(e) => Err(fail("write", &self.url_of(rel), e)),
         }
     }
 
@@ -251,11 +301,11 @@ impl Store {
                 let b = r
                     .bytes()
                     .await
-                    .map_err(|e| fail("read", &self.url_of(rel), &e))?;
+                    .map_err(|e| fail("read", &self.url_of(rel), e))?;
                 Ok(Some((b, tag)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
+            Err(e) => Err(fail("read", &self.url_of(rel), e)),
         }
     }
 
@@ -288,10 +338,10 @@ impl Store {
                     .inner
                     .put(&path, PutPayload::from_bytes(bytes))
                     .await
-                    .map_err(|e| fail("write", &self.url_of(rel), &e))?;
+                    .map_err(|e| fail("write", &self.url_of(rel), e))?;
                 Ok(Conditional::Written(r.e_tag))
             }
-            Err(e) => Err(fail("write", &self.url_of(rel), &e)),
+            Err(e) => Err(fail("write", &self.url_of(rel), e)),
         }
     }
 
@@ -320,19 +370,32 @@ impl Store {
         match self.inner.head(&self.path(rel)).await {
             Ok(m) => Ok(Some(self.info(&m))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(fail("read", &self.url_of(rel), &e)),
+            Err(e) => Err(fail("read", &self.url_of(rel), e)),
         }
     }
 
     /// Every object under a relative prefix (recursively), sorted by path.
     pub async fn list(&self, rel_prefix: &str) -> Result<Vec<ObjectInfo>> {
         let prefix = self.path(rel_prefix);
-        let metas: Vec<ObjectMeta> = self
-            .inner
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| fail("list", &self.url_of(rel_prefix), &e))?;
+        let listed: std::result::Result<Vec<ObjectMeta>, _> =
+            self.inner.list(Some(&prefix)).try_collect().await;
+        let metas = match listed {
+            Ok(m) => m,
+            Err(e) => {
+                let url = self.url_of(rel_prefix);
+                let kind = match Failure::of(&e) {
+                    // S3 reports a list's HTTP status in no type `object_store` exposes (its
+                    // list errors are `Generic`): ask for the prefix's metadata, whose failure
+                    // it does classify (a refusal is `PermissionDenied` there).
+                    Failure::Other => match self.inner.head(&prefix).await {
+                        Err(h) if Failure::of(&h) == Failure::Refused => Failure::Refused,
+                        _ => Failure::Other,
+                    },
+                    k => k,
+                };
+                return Err(fail_as(kind, "list", &url, e));
+            }
+        };
         let mut out: Vec<ObjectInfo> = metas.iter().map(|m| self.info(m)).collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -342,7 +405,7 @@ impl Store {
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self.inner.delete(&self.path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(fail("delete", &self.url_of(rel), &e)),
+            Err(e) => Err(fail("delete", &self.url_of(rel), e)),
         }
     }
 
@@ -385,6 +448,47 @@ mod tests {
         assert!(dir.path().join("runs/r1/m.json").exists());
         assert_eq!(s.list("runs").await.unwrap()[0].path, "runs/r1/m.json");
         assert!(c.url().ends_with("/runs/r1"));
+    }
+
+    /// Failures are told apart by their type, whatever their message says, and the storage
+    /// library's error stays the source of ours.
+    #[test]
+    fn failures_are_classified_by_type_and_keep_their_source() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        use std::error::Error as _;
+        let io = |kind| Box::new(std::io::Error::new(kind, "403 Forbidden, said the text"));
+        let refused = object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: io(std::io::ErrorKind::Other),
+        };
+        assert_eq!(Failure::of(&refused), Failure::Refused);
+        let missing = object_store::Error::NotFound {
+            path: "p".into(),
+            source: io(std::io::ErrorKind::Other),
+        };
+        assert_eq!(Failure::of(&missing), Failure::Missing);
+        // A transport failure deep in a generic error's chain.
+        let timeout = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                HttpErrorKind::Timeout,
+                std::io::Error::other("timed out"),
+            )),
+        };
+        assert_eq!(Failure::of(&timeout), Failure::Unreachable);
+        // A message that reads like a refusal is not one.
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: io(std::io::ErrorKind::InvalidData),
+        };
+        assert_eq!(Failure::of(&other), Failure::Other);
+        let e = fail("read", "s3://b/k", refused);
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.to_string().contains("access was refused"), "{e}");
+        let source = e.source().expect("the cause is kept");
+        assert!(source.downcast_ref::<object_store::Error>().is_some());
+        let e = fail("read", "s3://b/k", timeout);
+        assert!(e.to_string().contains("did not answer"), "{e}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn retry_config() -> Result<RetryConfig> {
         })?;
     }
     if let Ok(v) = std::env::var("MLPIPE_STORAGE_RETRY_TIMEOUT") {
-        r.retry_timeout = crate::config::compile::parse_duration(&v).ok_or_else(|| {
+        r.retry_timeout = crate::time::parse_duration(&v).ok_or_else(|| {
             Error::Usage(format!(
                 "MLPIPE_STORAGE_RETRY_TIMEOUT must be a duration such as `30s` or `3m`, got `{v}`"
             ))
@@ -148,7 +148,7 @@ impl ContainerCredentials {
 
     async fn fetch(&self) -> Result<(AwsCredential, Option<chrono::DateTime<chrono::Utc>>)> {
         let fail = |why: String| {
-            Error::Storage(format!(
+            Error::storage(format!(
                 "cannot get container credentials from {}: {why}; on ECS, check the task role (taskRoleArn) of the task definition",
                 self.url
             ))

@@ -1,5 +1,6 @@
-//! Logging and tracing set-up: JSON lines with the seeds' fields (or pretty text), and spans
-//! exported over OTLP when the standard `OTEL_EXPORTER_OTLP_*` variables say where.
+//! Logging and tracing set-up: JSON lines with the monitoring strategy's fields (README, "Logs")
+//! (or pretty text), and spans exported over OTLP when the standard `OTEL_EXPORTER_OTLP_*`
+//! variables say where.
 //!
 //! Spans always get OpenTelemetry ids (so every log line carries `trace_id` and `span_id`), but
 //! they leave the process only when an endpoint is configured: no collector, no export, no
@@ -77,7 +78,7 @@ fn provider(rt: &tokio::runtime::Runtime) -> (SdkTracerProvider, bool) {
     let mut resource =
         opentelemetry_sdk::Resource::builder().with_attributes([opentelemetry::KeyValue::new(
             "service.version",
-            crate::engine::CODE_VERSION,
+            crate::CODE_VERSION,
         )]);
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(SERVICE);

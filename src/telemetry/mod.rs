@@ -1,4 +1,4 @@
-//! Telemetry (SPEC §12): the run's metrics and the events that produce them.
+//! Telemetry: the run's metrics and the events that produce them.
 //!
 //! Every figure a run reports goes through an [`Event`](events::Event): one call logs it (a
 //! structured log line) and turns it into [`Sample`]s recorded through the `metrics` facade into
@@ -64,7 +64,7 @@ pub const CATALOGUE: &[MetricDef] = &[
     gauge("data_quality_schema_violations", "Records that violate the declared schema, by dataset."),
     gauge("data_quality_outlier_rate", "Share of values outside the 1.5 IQR fences (0-1), by dataset and numeric column."),
     gauge("data_quality_duplicate_records", "Records whose primary key repeats an earlier record's, by dataset."),
-    gauge("data_freshness_seconds", "Age of the newest record relative to the run's as-of time, in seconds, by dataset (SPEC's data_freshness_hours, in Prometheus' base unit)."),
+    gauge("data_freshness_seconds", "Age of the newest record relative to the run's as-of time, in seconds, by dataset (data_freshness_hours of the monitoring strategy, in Prometheus' base unit)."),
     gauge("model_accuracy", "Holdout metric of the model trained in the run, by model and metric (r2, rmse, mae, auc, log_loss, brier, precision, recall, f1)."),
     gauge("model_training_duration_seconds", "Time to fit the model, in seconds, by model."),
     gauge("model_fairness_parity", "Demographic parity ratio (lowest over highest group selection rate, 0-1), by model and sensitive attribute."),
@@ -350,7 +350,8 @@ pub fn fargate_cost_usd(seconds: f64) -> f64 {
             + mem * env("MLPIPE_FARGATE_GB_HOUR_USD", 0.004445))
 }
 
-/// The seeds' `mask_pii`: the first 12 hex characters of the SHA-256 of the value.
+/// `mask_pii` of the monitoring strategy's logging: the first 12 hex characters of the SHA-256
+/// of the value.
 pub fn mask_pii(value: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(value.as_bytes()))[..12].to_string()
@@ -412,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn mask_pii_is_the_seeds_function() {
+    fn mask_pii_is_the_first_12_hex_characters_of_sha256() {
         // Python: hashlib.sha256(b"CUST-000001").hexdigest()[:12]
         assert_eq!(mask_pii("CUST-000001"), "c516218ff77d");
     }

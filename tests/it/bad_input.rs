@@ -1,4 +1,4 @@
-//! SPEC §15, every case: a project whose first run put models in production is fed one bad
+//! Every bad input of the README's "Bad input" list: a project whose first run put models in production is fed one bad
 //! input, and `mlpipe run` must
 //! - exit with the code of the failure's kind (1 check failed, 2 usage, 3 data, 4 storage),
 //! - say where: the stage, and the file, column or key at fault,

@@ -1,4 +1,5 @@
-//! Parquet as real writers produce it loads the same as the canonical files (SPEC §4).
+//! Parquet as real writers produce it loads the same as the canonical files (README, "Pointing
+//! it at your own data").
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The registry: the seeds' fields, rejection, champion/challenger, rollback, concurrent runs,
+//! The registry: the registry document's fields, rejection, champion/challenger, rollback, concurrent runs,
 //! and the health check.
 
 use crate::common::*;
@@ -12,7 +12,7 @@ fn state(p: &Project, model: &str) -> serde_json::Value {
 }
 
 #[test]
-fn the_default_run_registers_every_model_with_the_seeds_fields() {
+fn the_default_run_registers_every_model_with_the_registry_documents_fields() {
     let p = Project::new(true);
     let out = p.ok(&["run", "--as-of", AS_OF, "--run-id", "r1"]);
     assert!(
@@ -31,7 +31,7 @@ fn the_default_run_registers_every_model_with_the_seeds_fields() {
             "training_duration_min",
             "last_evaluated",
         ] {
-            assert!(!v[k].is_null(), "{m}: seeds' field `{k}` missing: {v}");
+            assert!(!v[k].is_null(), "{m}: registry field `{k}` missing: {v}");
         }
         for k in ["gender_parity", "age_parity", "location_parity"] {
             assert!(

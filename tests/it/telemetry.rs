@@ -439,7 +439,7 @@ fn customer_ids(p: &Project) -> Vec<String> {
 }
 
 #[test]
-fn json_logs_carry_the_seeds_fields_and_no_customer_id() {
+fn json_logs_carry_the_documented_fields_and_no_customer_id() {
     let p = Project::new(true);
     let o = p.mlpipe(&[
         "run",

@@ -412,7 +412,9 @@ mod tests {
             &Params {
                 n_trees: 40,
                 ..Default::default()
-            },
+            }
+            .check()
+            .unwrap(),
         );
         let ranked = Ranked::new(&b, 3).expect("31-leaf trees fit the ranked layout");
         // Rows exactly at every threshold, just below and just above it, and NaN.
@@ -455,7 +457,9 @@ mod tests {
                 n_trees: 5,
                 num_leaves: 40,
                 ..Default::default()
-            },
+            }
+            .check()
+            .unwrap(),
         );
         assert!(b.trees.iter().any(|t| t.left.len() > BLOCK));
         assert!(Ranked::new(&b, 3).is_none());

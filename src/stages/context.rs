@@ -12,10 +12,11 @@ use object_store::PutPayload;
 use sha2::{Digest, Sha256};
 
 use super::faults::Faults;
-use super::manifest::{OutputRecord, StageRecord};
-use crate::config::{Pipeline, Stage};
+use super::record::{OutputRecord, StageRecord};
+use crate::config::{Pipeline, Stage, StageKind};
 use crate::data::reader::Located;
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::storage::Store;
 
 /// State shared by every stage of one invocation.
@@ -35,6 +36,45 @@ pub struct Shared {
     pub faults: Faults,
     /// The run's metrics.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The model registry at the pipeline's `registry` root.
+    pub registry: Registry,
+}
+
+impl Shared {
+    /// Where a dataset's files are: as listed while planning, or listed now.
+    pub async fn located(&self, name: &str) -> Result<Located> {
+        match self.located.get(name) {
+            Some(l) => Ok(l.clone()),
+            None => {
+                let ds = &self.pipeline.datasets[name];
+                crate::data::reader::locate(&self.pipeline.storage.data, &ds.location).await
+            }
+        }
+    }
+}
+
+/// A train stage before the current one.
+pub struct Trained<'a> {
+    pub stage: &'a String,
+    pub record: &'a StageRecord,
+    pub summary: &'a super::train::Summary,
+}
+
+impl Trained<'_> {
+    /// One of its outputs (`model`, `metrics`, `holdout`).
+    pub fn output(&self, name: &str) -> Result<&OutputRecord> {
+        self.record.output(name).ok_or_else(|| {
+            Error::Data(format!(
+                "stage `{}` has no `{name}` output; re-run it with --force",
+                self.stage
+            ))
+        })
+    }
+
+    /// The run that trained the model (this one, or the one whose outputs were reused).
+    pub fn run_id<'b>(&'b self, this_run: &'b str) -> &'b str {
+        self.record.reused_from.as_deref().unwrap_or(this_run)
+    }
 }
 
 /// The context of one attempt of one stage.
@@ -206,17 +246,36 @@ impl StageCtx {
         })
     }
 
-    /// The record of the train stage of `model` that runs before this one.
-    pub fn trained(&self, model: &str) -> Result<(&String, &StageRecord)> {
+    /// The train stage of `model` that runs before this one: its name, record and summary.
+    pub fn trained(&self, model: &str) -> Result<Trained<'_>> {
         self.upstream
             .iter()
-            .find(|(_, r)| r.kind == "train" && r.summary.get("model").and_then(|v| v.as_str()) == Some(model))
+            .find_map(|(name, r)| {
+                let summary = r.train().filter(|t| t.model == model)?;
+                Some(Trained {
+                    stage: name,
+                    record: r,
+                    summary,
+                })
+            })
             .ok_or_else(|| {
                 Error::Usage(format!(
                     "stage `{}`: no train stage for model `{model}` runs before it; add it to `needs`",
                     self.stage.name
                 ))
             })
+    }
+
+    /// Every completed stage of `kind` before this one, by name (in name order, so that what a
+    /// stage reads does not depend on a hash map's order).
+    pub fn upstream_of(&self, kind: StageKind) -> Vec<(&String, &StageRecord)> {
+        let mut v: Vec<_> = self
+            .upstream
+            .iter()
+            .filter(|(_, r)| r.kind == kind && r.status.is_done())
+            .collect();
+        v.sort_by_key(|(name, _)| name.as_str());
+        v
     }
 
     /// Reads a table written by an upstream stage (from the in-process cache when possible).

@@ -1,0 +1,308 @@
+//! The `[stages]` section: each stage's kind and parameters, its dependencies, timeouts and
+//! retries, and the checks across stages (a train stage needs a prepare stage upstream, ...).
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::compile::duration;
+use super::compile::{de, suggest};
+use super::spec::*;
+use super::*;
+
+/// Every stage of the `[stages]` section and the DAG of their `needs`.
+pub(super) fn compile_stages(
+    specs: &[(String, StageSpec)],
+    datasets: &IndexMap<String, Dataset>,
+    models: &IndexMap<String, Model>,
+    defaults: (Duration, u32, Duration),
+    problems: &mut Vec<String>,
+) -> (Vec<Stage>, Dag) {
+    if specs.is_empty() {
+        problems.push("stages: the pipeline declares no stages".into());
+    }
+    let names: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
+    let mut deps = Vec::new();
+    let mut stages = Vec::new();
+    for (name, s) in specs {
+        let path = format!("stages.{name}");
+        let mut d = Vec::new();
+        for n in &s.needs {
+            match names.iter().position(|x| x == n) {
+                Some(i) => d.push(i),
+                None => problems.push(format!(
+                    "{path}.needs: unknown stage `{n}`{}",
+                    suggest(n, names.iter().map(|s| s.as_str()))
+                )),
+            }
+        }
+        deps.push(d);
+        let known = Known { datasets, models };
+        let params = stage_params(s, &path, &known, problems);
+        let timeout =
+            duration(&s.timeout, &format!("{path}.timeout"), problems).unwrap_or(defaults.0);
+        let retry_backoff = duration(&s.retry_backoff, &format!("{path}.retry_backoff"), problems)
+            .unwrap_or(defaults.2);
+        if let Some(params) = params {
+            stages.push(Stage {
+                name: name.clone(),
+                params,
+                needs: s.needs.clone(),
+                description: s.description.clone(),
+                timeout,
+                retries: s.retries.unwrap_or(defaults.1),
+                retry_backoff,
+            });
+        }
+    }
+    let dag = Dag::new(names, deps);
+    if let Some(cycle) = dag.find_cycle() {
+        let mut names: Vec<&str> = cycle.iter().map(|&i| dag.names[i].as_str()).collect();
+        names.push(names[0]);
+        problems.push(format!("stages: cycle {}", names.join(" -> ")));
+    } else if stages.len() == dag.len() {
+        // Checks across stages need an acyclic graph of fully parsed stages.
+        check_across(&stages, &dag, datasets, problems);
+    }
+    (stages, dag)
+}
+
+/// What the stages may refer to.
+struct Known<'a> {
+    datasets: &'a IndexMap<String, Dataset>,
+    models: &'a IndexMap<String, Model>,
+}
+
+impl Known<'_> {
+    fn check_datasets(&self, ds: &[String], path: &str, problems: &mut Vec<String>) {
+        for d in ds {
+            if !self.datasets.contains_key(d) {
+                problems.push(format!(
+                    "{path}.datasets: unknown dataset `{d}`{}",
+                    suggest(d, self.datasets.keys().map(|s| s.as_str()))
+                ));
+            }
+        }
+    }
+
+    /// The models a stage names, or every declared model; unknown names are problems.
+    fn models(
+        &self,
+        names: Option<Vec<String>>,
+        path: &str,
+        problems: &mut Vec<String>,
+    ) -> Vec<String> {
+        let names = names.unwrap_or_else(|| self.models.keys().cloned().collect());
+        for m in names.iter().filter(|m| !self.models.contains_key(*m)) {
+            problems.push(format!("{path}.models: unknown model `{m}`"));
+        }
+        names
+    }
+}
+
+/// A stage's kind and its parameters, checked against the datasets and models.
+fn stage_params(
+    s: &StageSpec,
+    path: &str,
+    known: &Known,
+    problems: &mut Vec<String>,
+) -> Option<StageParams> {
+    let params = toml::Value::Table(s.params.clone());
+    let (datasets, models) = (known.datasets, known.models);
+    match s.kind.as_str() {
+        "load" => de::<LoadParams>(params, path, problems).map(|p| {
+            known.check_datasets(&p.datasets, path, problems);
+            StageParams::Load {
+                datasets: p.datasets,
+            }
+        }),
+        "validate" => de::<ValidateParams>(params, path, problems).map(|p| {
+            known.check_datasets(&p.datasets, path, problems);
+            StageParams::Validate {
+                datasets: p.datasets,
+            }
+        }),
+        "prepare" => de::<PrepareParams>(params, path, problems).map(|p| {
+            known.check_datasets(std::slice::from_ref(&p.dataset), path, problems);
+            let holdout = p.holdout.unwrap_or(0.2);
+            if !(0.01..=0.99).contains(&holdout) {
+                problems.push(format!(
+                    "{path}.holdout: {holdout} must be between 0.01 and 0.99"
+                ));
+            }
+            if datasets
+                .get(&p.dataset)
+                .is_some_and(|d| d.primary_key.is_empty())
+            {
+                problems.push(format!(
+                    "{path}.dataset: `{}` has no primary_key to split on",
+                    p.dataset
+                ));
+            }
+            StageParams::Prepare {
+                dataset: p.dataset,
+                holdout,
+            }
+        }),
+        "train" => de::<TrainParams>(params, path, problems).map(|p| {
+            if !models.contains_key(&p.model) {
+                problems.push(format!(
+                    "{path}.model: unknown model `{}`{}",
+                    p.model,
+                    suggest(&p.model, models.keys().map(|s| s.as_str()))
+                ));
+            }
+            StageParams::Train { model: p.model }
+        }),
+        "score" => de::<ScoreParams>(params, path, problems).map(|p| {
+            known.check_datasets(std::slice::from_ref(&p.dataset), path, problems);
+            let names = p.models.unwrap_or_else(|| models.keys().cloned().collect());
+            for m in &names {
+                match models.get(m) {
+                    None => problems.push(format!("{path}.models: unknown model `{m}`")),
+                    Some(model) => {
+                        if let Some(ds) = datasets.get(&p.dataset) {
+                            for f in model.features.iter().filter(|f| ds.column(f).is_none()) {
+                                problems.push(format!(
+                                    "{path}: model `{m}` needs feature `{f}`, which `{}` does not declare",
+                                    p.dataset
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            StageParams::Score { dataset: p.dataset, models: names }
+        }),
+        "drift" => de::<DriftParams>(params, path, problems).map(|p| {
+            known.check_datasets(&[p.reference.clone(), p.current.clone()], path, problems);
+            let (r, c) = (datasets.get(&p.reference), datasets.get(&p.current));
+            let features = match (&p.features, r, c) {
+                (Some(f), Some(r), Some(c)) => {
+                    for x in f {
+                        if r.column(x).is_none() || c.column(x).is_none() {
+                            problems.push(format!(
+                                "{path}.features: `{x}` is not declared in both `{}` and `{}`",
+                                p.reference, p.current
+                            ));
+                        }
+                    }
+                    f.clone()
+                }
+                (None, Some(r), Some(c)) => {
+                    let mut f: Vec<String> = Vec::new();
+                    for m in models.values() {
+                        for x in &m.features {
+                            if r.column(x).is_some() && c.column(x).is_some() && !f.contains(x) {
+                                f.push(x.clone());
+                            }
+                        }
+                    }
+                    f
+                }
+                _ => Vec::new(),
+            };
+            StageParams::Drift {
+                reference: p.reference,
+                current: p.current,
+                features,
+                ks_threshold: p.ks_threshold.unwrap_or(0.1),
+                psi_threshold: p.psi_threshold.unwrap_or(0.2),
+            }
+        }),
+        "fairness" => de::<FairnessParams>(params, path, problems).map(|p| {
+            StageParams::Fairness {
+                models: known.models(p.models, path, problems),
+            }
+        }),
+        "health" => de::<toml::Table>(params, path, problems).map(|t| {
+            for k in t.keys() {
+                problems.push(format!("{path}.{k}: unknown key"));
+            }
+            StageParams::Health
+        }),
+        "register" => de::<RegisterParams>(params, path, problems).map(|p| {
+            StageParams::Register {
+                models: known.models(p.models, path, problems),
+            }
+        }),
+        other => {
+            problems.push(format!(
+                "{path}.kind: unknown stage kind `{other}`{} (this build knows: {})",
+                suggest(other, StageKind::ALL.iter().map(|k| k.name())),
+                StageKind::ALL.map(|k| k.name()).join(", ")
+            ));
+            None
+        }
+    }
+}
+
+/// Checks that need the whole DAG: each stage has upstream what it reads.
+fn check_across(
+    stages: &[Stage],
+    dag: &Dag,
+    datasets: &IndexMap<String, Dataset>,
+    problems: &mut Vec<String>,
+) {
+    let upstream_kind = |i: usize, kind: StageKind| {
+        dag.ancestors(i)
+            .into_iter()
+            .any(|a| stages[a].kind() == kind)
+    };
+    for (i, st) in stages.iter().enumerate() {
+        match &st.params {
+            StageParams::Prepare { .. } if !upstream_kind(i, StageKind::Validate) => {
+                problems.push(format!(
+                    "stages.{}: a prepare stage needs a validate stage upstream (its clean rows)",
+                    st.name
+                ))
+            }
+            StageParams::Train { .. } if !upstream_kind(i, StageKind::Prepare) => {
+                problems.push(format!(
+                    "stages.{}: a train stage needs a prepare stage upstream",
+                    st.name
+                ))
+            }
+            StageParams::Score { models: ms, .. }
+            | StageParams::Fairness { models: ms }
+            | StageParams::Register { models: ms } => {
+                for m in ms {
+                    let trained = dag.ancestors(i).into_iter().any(
+                        |a| matches!(&stages[a].params, StageParams::Train { model } if model == m),
+                    );
+                    if !trained {
+                        problems.push(format!(
+                            "stages.{}: no train stage for model `{m}` runs before it; add it to `needs`",
+                            st.name
+                        ));
+                    }
+                }
+            }
+            StageParams::Drift { .. } if !upstream_kind(i, StageKind::Validate) => {
+                problems.push(format!(
+                    "stages.{}: a drift stage needs a validate stage upstream",
+                    st.name
+                ))
+            }
+            _ => {}
+        }
+        if let StageParams::Validate { datasets: ds } = &st.params {
+            let loaded: Vec<&String> = dag
+                .ancestors(i)
+                .into_iter()
+                .flat_map(|a| match &stages[a].params {
+                    StageParams::Load { datasets } => datasets.iter().collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            for d in ds {
+                if datasets.contains_key(d) && !loaded.contains(&d) {
+                    problems.push(format!(
+                        "stages.{}.datasets: `{d}` is not loaded by any load stage this stage needs",
+                        st.name
+                    ));
+                }
+            }
+        }
+    }
+}
