@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# End-to-end benchmark against the Python peer (../shared/bench/peer_pipeline.py): for each size,
+# End-to-end benchmark against the Python peer (a pandas + LightGBM + scikit-learn + scipy +
+# fairlearn script doing the same stages, given by PEER): for each size,
 # generates customers with a fixed seed, then runs `mlpipe run` (release build) and the peer on
 # the same files in the same session, and prints wall time, peak memory and model metrics side
 # by side with their ratios.
 #
 #   scripts/bench_e2e.sh [N ...]          default: 100000 1000000 10000000
-#   PEER=path/to/peer_pipeline.py         default: ../shared/bench/peer_pipeline.py
+#   PEER=path/to/peer_pipeline.py         required: the peer script
 #   PEER_PYTHON=python                    default: a venv in $BENCH_VENV (created on first use)
 #   RUNS=k                                mlpipe runs per size (median reported; default 1)
 #   SKIP_PEER_ABOVE=N                     run the peer only up to N customers (default: always)
@@ -16,7 +17,7 @@
 # Machines here are shared and noisy: quote the ratios, which come from the same session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PEER=${PEER:-../shared/bench/peer_pipeline.py}
+PEER=${PEER:-}
 BENCH_VENV=${BENCH_VENV:-/tmp/mlpipe-peer-venv}
 RUNS=${RUNS:-1}
 SKIP_PEER_ABOVE=${SKIP_PEER_ABOVE:-0}
@@ -31,7 +32,7 @@ if [ -z "${PEER_PYTHON:-}" ]; then
   fi
   PEER_PYTHON="$BENCH_VENV/bin/python"
 fi
-[ -f "$PEER" ] || { echo "error: the peer script $PEER is missing; set PEER=" >&2; exit 1; }
+[ -n "$PEER" ] && [ -f "$PEER" ] || { echo "error: set PEER to the Python peer script (pandas + LightGBM + scikit-learn + scipy + fairlearn); '$PEER' is not a file" >&2; exit 1; }
 
 cargo build --release --quiet
 BIN=$PWD/target/release/mlpipe
