@@ -25,6 +25,15 @@ pub enum Error {
     #[error("{0}")]
     Data(String),
 
+    /// A stage output differs from what its stage recorded: its size or SHA-256 (exit 3).
+    /// `path` is the output's path under the artifacts root.
+    #[error("{message}")]
+    Integrity { message: String, path: String },
+
+    /// Stopped by a signal: SIGINT (exit 130) or SIGTERM (exit 143).
+    #[error("{message}")]
+    Interrupted { message: String, signal: i32 },
+
     /// The pipeline ran and a gate or check failed (exit 1).
     #[error("{0}")]
     CheckFailed(String),
@@ -66,7 +75,8 @@ impl Error {
         match self {
             Error::CheckFailed(_) => 1,
             Error::Config { .. } | Error::Usage(_) => 2,
-            Error::Data(_) => 3,
+            Error::Data(_) | Error::Integrity { .. } => 3,
+            Error::Interrupted { signal, .. } => 128 + signal,
             Error::Storage { .. } | Error::Infra(_) => 4,
         }
     }
@@ -90,6 +100,14 @@ impl Error {
             Error::Config { file, problems } => Error::Config { file, problems },
             Error::Usage(m) => Error::Usage(format!("{ctx}: {m}")),
             Error::Data(m) => Error::Data(format!("{ctx}: {m}")),
+            Error::Integrity { message, path } => Error::Integrity {
+                message: format!("{ctx}: {message}"),
+                path,
+            },
+            Error::Interrupted { message, signal } => Error::Interrupted {
+                message: format!("{ctx}: {message}"),
+                signal,
+            },
             Error::CheckFailed(m) => Error::CheckFailed(format!("{ctx}: {m}")),
             Error::Storage { message, source } => Error::Storage {
                 message: format!("{ctx}: {message}"),
@@ -105,6 +123,8 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Usage(_) => "usage",
             Error::Data(_) => "data",
+            Error::Integrity { .. } => "integrity",
+            Error::Interrupted { .. } => "interrupted",
             Error::CheckFailed(_) => "check_failed",
             Error::Storage { .. } => "storage",
             Error::Infra(_) => "infra",

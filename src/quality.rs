@@ -104,7 +104,8 @@ pub struct DatasetReport {
 #[derive(Debug)]
 pub struct Outcome {
     pub report: DatasetReport,
-    /// Rejected row → its reasons (`null:COL`, `unparseable:COL`, `out_of_domain:COL`,
+    /// Rejected row → its reasons (`null:COL`, `unparseable:COL`, `out_of_range:COL=VALUE`,
+    /// `out_of_domain:COL`,
     /// `non_finite:COL`, `duplicate_key`, `duplicate_row`), in row order.
     pub rejected: BTreeMap<u32, Vec<String>>,
 }
@@ -118,6 +119,14 @@ pub fn check(ds: &Dataset, table: &Table, q: &Quality, as_of: DateTime<Utc>) -> 
         .unparseable
         .iter()
         .map(|(c, r)| (c.as_str(), r))
+        .collect();
+    let out_of_range: HashMap<(&str, u32), &str> = table
+        .out_of_range
+        .iter()
+        .flat_map(|(c, rows)| {
+            rows.iter()
+                .map(move |(r, v)| ((c.as_str(), *r), v.as_str()))
+        })
         .collect();
 
     // Schema violations and null counts.
@@ -150,7 +159,12 @@ pub fn check(ds: &Dataset, table: &Table, q: &Quality, as_of: DateTime<Utc>) -> 
                     .into_iter()
                     .flat_map(|v| v.iter())
                 {
-                    flag(r, format!("unparseable:{}", col.name));
+                    // A whole number beyond the declared type keeps its value in the reason: the
+                    // column itself can only hold a null there.
+                    match out_of_range.get(&(col.name.as_str(), r)) {
+                        Some(v) => flag(r, format!("out_of_range:{}={v}", col.name)),
+                        None => flag(r, format!("unparseable:{}", col.name)),
+                    }
                 }
                 let nulls = array.null_count() - bad.len();
                 null_counts.push((col.name.clone(), nulls as u64));
@@ -622,8 +636,20 @@ datasets = ["d"]
         Table {
             batch,
             unparseable,
+            out_of_range: vec![],
             files: vec![],
         }
+    }
+
+    #[test]
+    fn a_whole_number_beyond_its_type_keeps_its_value_in_the_reason() {
+        let p = pipeline();
+        let mut t = table(vec![("n".into(), vec![5])]);
+        t.out_of_range = vec![("n".into(), vec![(5, "3000000000".into())])];
+        let as_of = DateTime::<Utc>::from_timestamp(30 * 3600, 0).unwrap();
+        let o = check(&p.datasets["d"], &t, &p.quality, as_of);
+        assert_eq!(o.rejected[&5], ["null:id", "out_of_range:n=3000000000"]);
+        assert_eq!(o.report.checks["schema_violations"].value, 4.0);
     }
 
     #[test]

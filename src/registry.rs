@@ -85,8 +85,22 @@ pub struct VersionMetrics {
 pub enum Change {
     /// A new version (candidate or rejected).
     Registered { doc: Box<VersionDoc> },
-    /// A version becomes production; the previous one is archived.
-    Promoted { version: u32, reason: String },
+    /// A version becomes production; the previous one is archived. A rollback goes back down
+    /// the production history instead of adding to it.
+    Promoted {
+        version: u32,
+        reason: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rollback: bool,
+    },
+    /// A run trained an artifact identical to this version's (the same SHA-256): no new
+    /// version; the version was evaluated again.
+    Evaluated {
+        version: u32,
+        reason: String,
+        /// The evaluation's time (the run's as-of), the version's new `last_evaluated`.
+        evaluated_at: String,
+    },
 }
 
 /// One entry of the log.
@@ -99,11 +113,26 @@ pub struct Commit {
     pub changes: Vec<Change>,
 }
 
-/// A move of production, as the history shows it.
+/// What a history entry records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveKind {
+    /// `to` became production (a registration that won, or `registry promote`).
+    #[default]
+    Promoted,
+    /// `registry rollback`: production went back to `to`, the version before `from`.
+    RolledBack,
+    /// `to` was trained again, identical, and evaluated again; production did not move.
+    Evaluated,
+}
+
+/// An entry of a model's history: a move of production, or a re-evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Move {
     pub at: String,
     pub by: String,
+    #[serde(default)]
+    pub kind: MoveKind,
     pub from: Option<u32>,
     pub to: u32,
     pub reason: String,
@@ -127,7 +156,11 @@ impl State {
                 Change::Registered { doc } => {
                     self.versions.insert(doc.version, (**doc).clone());
                 }
-                Change::Promoted { version, reason } => {
+                Change::Promoted {
+                    version,
+                    reason,
+                    rollback,
+                } => {
                     let from = self.production;
                     if let Some(p) = from.and_then(|p| self.versions.get_mut(&p)) {
                         p.status = Status::Archived;
@@ -140,7 +173,29 @@ impl State {
                     self.history.push(Move {
                         at: c.at.clone(),
                         by: c.by.clone(),
+                        kind: if *rollback {
+                            MoveKind::RolledBack
+                        } else {
+                            MoveKind::Promoted
+                        },
                         from,
+                        to: *version,
+                        reason: reason.clone(),
+                    });
+                }
+                Change::Evaluated {
+                    version,
+                    reason,
+                    evaluated_at,
+                } => {
+                    if let Some(v) = self.versions.get_mut(version) {
+                        v.last_evaluated = evaluated_at.clone();
+                    }
+                    self.history.push(Move {
+                        at: c.at.clone(),
+                        by: c.by.clone(),
+                        kind: MoveKind::Evaluated,
+                        from: self.production,
                         to: *version,
                         reason: reason.clone(),
                     });
@@ -153,6 +208,31 @@ impl State {
     /// The next version number.
     pub fn next_version(&self) -> u32 {
         self.versions.keys().last().map_or(1, |v| v + 1)
+    }
+
+    /// The production versions in the order they took over, the current one last: each
+    /// promotion adds one, each rollback removes the current one. A rollback goes to the one
+    /// before the current.
+    pub fn production_stack(&self) -> Vec<u32> {
+        let mut stack = Vec::new();
+        for m in &self.history {
+            match m.kind {
+                MoveKind::Promoted => stack.push(m.to),
+                MoveKind::RolledBack => {
+                    stack.pop();
+                    if stack.last() != Some(&m.to) {
+                        stack.push(m.to);
+                    }
+                }
+                MoveKind::Evaluated => {}
+            }
+        }
+        stack
+    }
+
+    /// The version whose artifact has this SHA-256, if any.
+    pub fn with_artifact(&self, sha256: &str) -> Option<&VersionDoc> {
+        self.versions.values().find(|v| v.artifact_sha256 == sha256)
     }
 }
 
@@ -280,6 +360,9 @@ impl Registry {
     pub async fn promote(&self, model: &str, version: u32, reason: &str) -> Result<State> {
         let (st, _) = self
             .commit(model, "cli", |st| {
+                if st.versions.is_empty() {
+                    return Err(self.no_such_model(model));
+                }
                 let v = st.versions.get(&version).ok_or_else(|| {
                     Error::Usage(format!(
                         "model `{model}` has no version {version} (versions: {:?})",
@@ -299,28 +382,52 @@ impl Registry {
                 Ok(vec![Change::Promoted {
                     version,
                     reason: reason.to_string(),
+                    rollback: false,
                 }])
             })
             .await?;
         Ok(st)
     }
 
-    /// Puts back the version that was production before the current one.
+    /// Puts back the version that was production before the current one, going back down the
+    /// production history: two rollbacks go two versions back.
     pub async fn rollback(&self, model: &str) -> Result<State> {
         let (st, _) = self
             .commit(model, "cli", |st| {
-                let cur = st.production.ok_or_else(|| Error::Usage(format!("model `{model}` has no production version to roll back")))?;
-                let prev = st
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|m| m.to == cur)
-                    .and_then(|m| m.from)
-                    .ok_or_else(|| Error::Usage(format!("model `{model}`: v{cur} has no earlier production version to roll back to")))?;
-                Ok(vec![Change::Promoted { version: prev, reason: format!("rollback from v{cur}") }])
+                if st.versions.is_empty() {
+                    return Err(self.no_such_model(model));
+                }
+                let cur = st.production.ok_or_else(|| {
+                    Error::Usage(format!(
+                        "model `{model}` has no production version to roll back"
+                    ))
+                })?;
+                let stack = st.production_stack();
+                let prev = stack
+                    .len()
+                    .checked_sub(2)
+                    .map(|i| stack[i])
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                        "model `{model}`: v{cur} has no earlier production version to roll back to"
+                    ))
+                    })?;
+                Ok(vec![Change::Promoted {
+                    version: prev,
+                    reason: format!("rollback from v{cur}"),
+                    rollback: true,
+                }])
             })
             .await?;
         Ok(st)
+    }
+
+    /// The error for a model the registry does not hold, listing those it does.
+    pub fn no_such_model(&self, model: &str) -> Error {
+        Error::Usage(format!(
+            "no model named `{model}` in the registry at {}; `mlpipe registry list` shows the models it holds",
+            self.store.url()
+        ))
     }
 }
 
@@ -373,6 +480,7 @@ mod tests {
                     ch.push(Change::Promoted {
                         version: v,
                         reason: "better".into(),
+                        rollback: false,
                     });
                 }
                 Ok(ch)

@@ -29,21 +29,18 @@ fn secs(s: Option<f64>) -> String {
 
 /// The end-of-run summary: each stage's status, time and figures, the quality checks, and where
 /// the manifest and the report are.
-pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str) -> String {
+/// The first line says what the exit code says.
+pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str, exit_code: i32) -> String {
     let mut s = String::new();
-    let status = match m.status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "FAILED",
-        RunStatus::Running => "is still running",
+    let t = secs(m.duration_s);
+    let outcome = match (m.status, exit_code) {
+        (RunStatus::Succeeded, 0) => format!("succeeded in {t}"),
+        (RunStatus::Succeeded, 1) => format!("completed in {t}, but CHECKS FAILED (exit 1)"),
+        (RunStatus::Interrupted, code) => format!("was INTERRUPTED after {t} (exit {code})"),
+        (RunStatus::Running, _) => "is still running".to_string(),
+        (_, code) => format!("FAILED in {t} (exit {code})"),
     };
-    let _ = writeln!(
-        s,
-        "Run {} of pipeline `{}` {} in {}",
-        m.run_id,
-        p.name,
-        status,
-        secs(m.duration_s)
-    );
+    let _ = writeln!(s, "Run {} of pipeline `{}` {outcome}", m.run_id, p.name);
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -238,6 +238,9 @@ pub fn main() -> i32 {
     };
     // Spans are flushed before the process exits, whatever the outcome.
     telemetry.shutdown();
+    // A stage cancelled by a stop signal may still be computing on a blocking thread; its
+    // result is not wanted, so the runtime does not wait for it.
+    rt.shutdown_background();
     code
 }
 
@@ -260,6 +263,7 @@ fn run_options(a: &RunArgs, progress: bool) -> RunOptions {
         progress,
         metrics_addr: a.metrics_addr.clone(),
         emf: a.emf,
+        stop: None,
     }
 }
 

@@ -15,10 +15,14 @@ pub async fn run(a: RunArgs, json: bool) -> Result<i32> {
         &overrides(&a.pipeline)?,
     )?);
     let progress = !json && std::io::stderr().is_terminal();
-    let opts = run_options(&a, progress);
+    let mut opts = run_options(&a, progress);
+    opts.stop = Some(engine::Stop::on_signals().map_err(|e| {
+        crate::error::Error::Infra(format!("cannot listen for SIGTERM and SIGINT: {e}"))
+    })?);
     let plan = engine::plan(&p, &opts).await?;
     let outcome = engine::execute(p.clone(), plan, &opts).await?;
-    let text = crate::summary::run_summary(&p, &outcome.manifest, &p.storage.artifacts);
+    let code = outcome.error.as_ref().map_or(0, |e| e.exit_code());
+    let text = crate::summary::run_summary(&p, &outcome.manifest, &p.storage.artifacts, code);
     if json {
         tracing::info!(summary = %text, run_id = %outcome.manifest.run_id, "run summary");
     } else {

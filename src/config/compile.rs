@@ -139,8 +139,10 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
             None
         }
     });
-    let default_timeout = duration(&run.stage_timeout, "run.stage_timeout", &mut problems)
+    let default_timeout = timeout(&run.stage_timeout, "run.stage_timeout", &mut problems)
         .unwrap_or(Duration::from_secs(3600));
+    let shutdown_grace = duration(&run.shutdown_grace, "run.shutdown_grace", &mut problems)
+        .unwrap_or(Duration::from_secs(20));
     let default_backoff = duration(&run.retry_backoff, "run.retry_backoff", &mut problems)
         .unwrap_or(Duration::from_secs(2));
     let default_retries = run.stage_retries.unwrap_or(1);
@@ -178,6 +180,7 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         as_of,
         seed: run.seed.unwrap_or(42),
         max_concurrent_fits: run.max_concurrent_fits.unwrap_or(0),
+        shutdown_grace,
         datasets,
         quality,
         models,
@@ -303,6 +306,22 @@ fn set_path(doc: &mut toml::Table, parts: &[&str], value: toml::Value) -> bool {
     true
 }
 
+/// A stage timeout: a duration above zero (a zero timeout would fail every attempt at once).
+pub(super) fn timeout(
+    d: &Option<DurationSpec>,
+    path: &str,
+    problems: &mut Vec<String>,
+) -> Option<Duration> {
+    let t = duration(d, path, problems)?;
+    if t.is_zero() {
+        problems.push(format!(
+            "{path}: a timeout of zero would end every attempt at once; use a positive duration such as \"10m\""
+        ));
+        return None;
+    }
+    Some(t)
+}
+
 pub(super) fn duration(
     d: &Option<DurationSpec>,
     path: &str,
@@ -315,8 +334,12 @@ pub(super) fn duration(
         }
         Some(DurationSpec::Text(t)) if parse_duration(t).is_some() => parse_duration(t),
         Some(other) => {
+            let given = match other {
+                DurationSpec::Seconds(s) => s.to_string(),
+                DurationSpec::Text(t) => format!("\"{t}\""),
+            };
             problems.push(format!(
-                "{path}: `{other:?}` is not a duration; use seconds or text such as \"90s\", \"10m\", \"1h\""
+                "{path}: {given} is not a duration; use seconds (zero or more) or text such as \"90s\", \"10m\", \"1h\""
             ));
             None
         }

@@ -55,8 +55,13 @@ pub(super) fn compile_datasets(
                 ));
             }
         }
+        // A column the dataset declares again takes the fields it gives over the inherited ones.
         for (c, cs) in &spec.columns {
-            columns_spec.insert(c.clone(), cs.clone());
+            let merged = match columns_spec.get(c) {
+                Some(inherited) => merge_column(inherited, cs),
+                None => cs.clone(),
+            };
+            columns_spec.insert(c.clone(), merged);
         }
         if columns_spec.is_empty() {
             problems.push(format!("{path}: declares no columns"));
@@ -64,10 +69,15 @@ pub(super) fn compile_datasets(
         let mut columns = Vec::new();
         for (c, cs) in &columns_spec {
             let cpath = format!("{path}.columns.{c}");
-            let Some(ty) = ColumnType::parse(&cs.ty) else {
+            let Some(ty_name) = &cs.ty else {
                 problems.push(format!(
-                    "{cpath}.type: unknown type `{}` (expected string, int32, int64, float64, bool, date or timestamp)",
-                    cs.ty
+                    "{cpath}.type: missing (string, int32, int64, float64, bool, date or timestamp)"
+                ));
+                continue;
+            };
+            let Some(ty) = ColumnType::parse(ty_name) else {
+                problems.push(format!(
+                    "{cpath}.type: unknown type `{ty_name}` (expected string, int32, int64, float64, bool, date or timestamp)"
                 ));
                 continue;
             };
@@ -263,5 +273,20 @@ pub(super) fn compile_quality(
         outliers,
         duplicates,
         freshness,
+    }
+}
+
+/// An inherited column declaration with the fields a dataset gives for it instead.
+fn merge_column(inherited: &ColumnSpec, own: &ColumnSpec) -> ColumnSpec {
+    ColumnSpec {
+        ty: own.ty.clone().or_else(|| inherited.ty.clone()),
+        nullable: own.nullable.or(inherited.nullable),
+        min: own.min.or(inherited.min),
+        max: own.max.or(inherited.max),
+        values: own.values.clone().or_else(|| inherited.values.clone()),
+        description: own
+            .description
+            .clone()
+            .or_else(|| inherited.description.clone()),
     }
 }

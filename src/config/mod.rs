@@ -35,6 +35,9 @@ pub struct Pipeline {
     pub seed: u64,
     /// How many train stages may fit at once (`run.max_concurrent_fits`); 0: no limit.
     pub max_concurrent_fits: usize,
+    /// On SIGTERM or SIGINT, how long running stages may go on before they are cancelled
+    /// (`run.shutdown_grace`).
+    pub shutdown_grace: Duration,
     pub datasets: IndexMap<String, Dataset>,
     pub quality: Quality,
     pub models: IndexMap<String, Model>,

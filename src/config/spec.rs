@@ -62,6 +62,10 @@ pub struct RunSpec {
     /// How many train stages may fit at once; 0 (the default): no limit.
     #[serde(default)]
     pub max_concurrent_fits: Option<usize>,
+    /// On SIGTERM or SIGINT, how long running stages may go on before they are cancelled
+    /// (default 20 s, inside ECS's default 30 s `stopTimeout`).
+    #[serde(default)]
+    pub shutdown_grace: Option<DurationSpec>,
 }
 
 /// A duration: a number of seconds, or a string such as `"90s"`, `"10m"`, `"1h"`.
@@ -116,11 +120,12 @@ pub struct DatasetSpec {
     pub columns: IndexMap<String, ColumnSpec>,
 }
 
-/// One declared column.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One declared column. A dataset that inherits a column may declare only the fields it changes
+/// (`--set datasets.current.columns.age.max=120`); the others are the inherited declaration's.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ColumnSpec {
-    #[serde(rename = "type")]
-    pub ty: String,
+    #[serde(rename = "type", default)]
+    pub ty: Option<String>,
     #[serde(default)]
     pub nullable: Option<bool>,
     #[serde(default)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::compile::duration;
 use super::compile::{de, suggest};
+use super::compile::{duration, timeout};
 use super::spec::*;
 use super::*;
 
@@ -40,7 +40,7 @@ pub(super) fn compile_stages(
         let known = Known { datasets, models };
         let params = stage_params(s, &path, &known, problems);
         let timeout =
-            duration(&s.timeout, &format!("{path}.timeout"), problems).unwrap_or(defaults.0);
+            timeout(&s.timeout, &format!("{path}.timeout"), problems).unwrap_or(defaults.0);
         let retry_backoff = duration(&s.retry_backoff, &format!("{path}.retry_backoff"), problems)
             .unwrap_or(defaults.2);
         if let Some(params) = params {

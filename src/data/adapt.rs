@@ -39,6 +39,9 @@ pub fn canonical_type(ty: ColumnType) -> DataType {
 pub struct Adapted {
     pub array: ArrayRef,
     pub unparseable: Vec<u32>,
+    /// Of the unparseable rows, those holding a whole number outside the declared integer
+    /// type's range, with the value as it was written (the QA table's reason keeps it).
+    pub out_of_range: Vec<(u32, String)>,
 }
 
 /// Converts `array` to the canonical type of `ty`. `Err` holds a description of an incompatible
@@ -49,6 +52,7 @@ pub fn adapt(array: &ArrayRef, ty: ColumnType) -> Result<Adapted, String> {
         return Ok(Adapted {
             array: array.clone(),
             unparseable: Vec::new(),
+            out_of_range: Vec::new(),
         });
     }
     // Unpack dictionaries and run-ends first; the value type decides what happens next.
@@ -58,6 +62,7 @@ pub fn adapt(array: &ArrayRef, ty: ColumnType) -> Result<Adapted, String> {
             return Ok(Adapted {
                 array: new_null_array(&target, array.len()),
                 unparseable: Vec::new(),
+                out_of_range: Vec::new(),
             })
         }
         _ => array.clone(),
@@ -159,14 +164,64 @@ pub fn adapt(array: &ArrayRef, ty: ColumnType) -> Result<Adapted, String> {
             ));
         }
     };
-    let unparseable = (0..array.len())
+    let unparseable: Vec<u32> = (0..array.len())
         .filter(|&i| array.is_valid(i) && out.is_null(i))
         .map(|i| i as u32)
         .collect();
+    let out_of_range = match ty {
+        ColumnType::Int32 | ColumnType::Int64 if !unparseable.is_empty() => {
+            out_of_range(&array, ty, &unparseable)
+        }
+        _ => Vec::new(),
+    };
     Ok(Adapted {
         array: out,
         unparseable,
+        out_of_range,
     })
+}
+
+/// The rows of `rows` whose value is a whole number outside `ty`'s range, with the value as
+/// written.
+fn out_of_range(array: &ArrayRef, ty: ColumnType, rows: &[u32]) -> Vec<(u32, String)> {
+    let (lo, hi) = match ty {
+        ColumnType::Int32 => (i32::MIN as f64, i32::MAX as f64),
+        _ => (i64::MIN as f64, i64::MAX as f64),
+    };
+    let numbers: Float64Array = if is_text(array.data_type()) {
+        match cast(array, &DataType::Utf8) {
+            Ok(s) => s
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(|s| s.iter().map(|v| v.and_then(parse_number)).collect())
+                .unwrap_or_else(|| Float64Array::new_null(array.len())),
+            Err(_) => return Vec::new(),
+        }
+    } else {
+        match cast(array, &DataType::Float64) {
+            Ok(f) => f
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .unwrap_or_else(|| Float64Array::new_null(array.len())),
+            Err(_) => return Vec::new(),
+        }
+    };
+    let Ok(fmt) =
+        arrow::util::display::ArrayFormatter::try_new(array.as_ref(), &Default::default())
+    else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter(|&&r| {
+            let r = r as usize;
+            numbers.is_valid(r) && {
+                let x = numbers.value(r);
+                x.is_finite() && x.fract() == 0.0 && !(lo..=hi).contains(&x)
+            }
+        })
+        .map(|&r| (r, fmt.value(r as usize).to_string()))
+        .collect()
 }
 
 fn cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
@@ -242,6 +297,18 @@ fn int_from_f64(f: &Float64Array, ty: ColumnType) -> ArrayRef {
 mod tests {
     use super::*;
     use arrow::datatypes::Int32Type;
+
+    #[test]
+    fn whole_numbers_beyond_the_type_keep_their_value() {
+        let wide: ArrayRef = Arc::new(Int64Array::from(vec![Some(7), Some(3_000_000_000), None]));
+        let a = adapt(&wide, ColumnType::Int32).unwrap();
+        assert_eq!(a.unparseable, [1]);
+        assert_eq!(a.out_of_range, [(1, "3000000000".to_string())]);
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["n/a", "-9999999999", "1.5"]));
+        let a = adapt(&text, ColumnType::Int32).unwrap();
+        assert_eq!(a.unparseable, [0, 1, 2]);
+        assert_eq!(a.out_of_range, [(1, "-9999999999".to_string())]);
+    }
 
     fn unparseable(a: ArrayRef, ty: ColumnType) -> (ArrayRef, Vec<u32>) {
         let r = adapt(&a, ty).unwrap();

@@ -21,6 +21,9 @@ pub struct Table {
     pub batch: RecordBatch,
     /// Per column, the rows whose value was present but did not convert to the declared type.
     pub unparseable: Vec<(String, Vec<u32>)>,
+    /// Per column, of those rows, the ones holding a whole number outside the declared integer
+    /// type's range, with the value as written.
+    pub out_of_range: Vec<(String, Vec<(u32, String)>)>,
     /// The files read, in order.
     pub files: Vec<ObjectInfo>,
 }

@@ -190,7 +190,7 @@ pub async fn read_dataset(
     let mut per_file = futures::stream::iter(reads).buffered(FILES_IN_FLIGHT);
     let mut assembly: Option<Assembly> = None;
     let mut offset = 0u32;
-    let mut bad: Vec<Vec<u32>> = vec![Vec::new(); columns.len()];
+    let mut bad: Vec<Bad> = vec![Bad::default(); columns.len()];
     // The columns are sized from the first file, scaled by the files' sizes with a tenth to
     // spare, so they are not copied as they grow unless the files differ a lot. An overestimate
     // costs address space, not memory (pages never written are not taken); it is capped at four
@@ -207,7 +207,9 @@ pub async fn read_dataset(
             ))
         })?;
         for (b, u) in bad.iter_mut().zip(unparseable) {
-            b.extend(u.iter().map(|r| r + offset));
+            b.rows.extend(u.rows.iter().map(|r| r + offset));
+            b.out_of_range
+                .extend(u.out_of_range.into_iter().map(|(r, v)| (r + offset, v)));
         }
         offset += rows as u32;
     }
@@ -218,21 +220,33 @@ pub async fn read_dataset(
     let assembled = assembly.expect("at least one file was read").finish();
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), assembled)
         .map_err(|e| Error::Infra(format!("dataset `{}`: {e}", ds.name)))?;
-    let unparseable = columns
-        .iter()
-        .zip(bad)
-        .filter(|(_, b)| !b.is_empty())
-        .map(|(c, b)| (c.name.clone(), b))
-        .collect();
+    let (mut unparseable, mut out_of_range) = (Vec::new(), Vec::new());
+    for (c, b) in columns.iter().zip(bad) {
+        if !b.rows.is_empty() {
+            unparseable.push((c.name.clone(), b.rows));
+        }
+        if !b.out_of_range.is_empty() {
+            out_of_range.push((c.name.clone(), b.out_of_range));
+        }
+    }
     Ok(Table {
         batch,
         unparseable,
+        out_of_range,
         files: located.files.clone(),
     })
 }
 
-/// Per column the file's pieces of it and its unparseable rows; the file's row count.
-type FileColumns = (Vec<Vec<ArrayRef>>, Vec<Vec<u32>>, usize);
+/// A column's values that did not convert: their rows, and of those the whole numbers beyond
+/// the declared integer type with their text.
+#[derive(Debug, Clone, Default)]
+struct Bad {
+    rows: Vec<u32>,
+    out_of_range: Vec<(u32, String)>,
+}
+
+/// Per column the file's pieces of it and what did not convert; the file's row count.
+type FileColumns = (Vec<Vec<ArrayRef>>, Vec<Bad>, usize);
 
 /// A dataset's columns, built up file by file: one builder a column, sized up front, with the
 /// column's canonical type ([`canonical_type`]).
@@ -411,7 +425,7 @@ async fn read_file(
         } else {
             vec![Arc::new(StringArray::from(vec![parts[&c.name].as_str(); rows])) as ArrayRef]
         };
-        let (mut arrays, mut unparseable, mut start) = (Vec::new(), Vec::new(), 0u32);
+        let (mut arrays, mut unparseable, mut start) = (Vec::new(), Bad::default(), 0u32);
         for piece in &raw {
             let adapted = adapt(piece, c.ty).map_err(|why| {
                 Error::Data(format!(
@@ -423,7 +437,15 @@ async fn read_file(
                 ))
             })?;
             arrays.push(adapted.array);
-            unparseable.extend(adapted.unparseable.iter().map(|r| r + start));
+            unparseable
+                .rows
+                .extend(adapted.unparseable.iter().map(|r| r + start));
+            unparseable.out_of_range.extend(
+                adapted
+                    .out_of_range
+                    .into_iter()
+                    .map(|(r, v)| (r + start, v)),
+            );
             start += piece.len() as u32;
         }
         out.push(arrays);
@@ -472,42 +494,47 @@ async fn guard_panics<T>(
     }
 }
 
-/// Reads a Parquet file written by a stage, as it is (no adaptation).
-pub async fn read_parquet(store: &Store, rel: &str) -> Result<RecordBatch> {
+/// Reads a Parquet file written by a stage, as it is (no adaptation), checking it is the file
+/// the stage recorded (`size` bytes, SHA-256 `sha256`) as its bytes arrive.
+pub async fn read_parquet(
+    store: &Store,
+    rel: &str,
+    sha256: &str,
+    size: u64,
+) -> Result<RecordBatch> {
+    let bytes = store.get_verified(rel, sha256, size).await?;
     let url = store.url_of(rel);
-    guard_panics(
-        read_parquet_unguarded(store, rel),
-        || format!("{url} is not a readable Parquet file"),
-        "re-run the stage that wrote it with --force",
-    )
+    tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| decode_parquet(bytes, &url)).unwrap_or_else(|_| {
+            Err(Error::Data(format!(
+                "{url} is not a readable Parquet file (the Parquet reader failed on it); re-run the stage that wrote it with --force"
+            )))
+        })
+    })
     .await
+    .map_err(|e| Error::Infra(format!("Parquet decoding task failed: {e}")))?
 }
 
-async fn read_parquet_unguarded(store: &Store, rel: &str) -> Result<RecordBatch> {
-    let info = store
-        .head(rel)
-        .await?
-        .ok_or_else(|| Error::Data(format!("{} does not exist", store.url_of(rel))))?;
-    let url = store.url_of(rel);
+/// Decodes a whole Parquet file held in memory into one batch.
+fn decode_parquet(bytes: bytes::Bytes, url: &str) -> Result<RecordBatch> {
     let corrupt = |e: parquet::errors::ParquetError| {
-        storage_failure(e, &url).unwrap_or_else(|e| {
-            Error::Data(format!("{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"))
-        })
+        Error::Data(format!(
+            "{url} is not a readable Parquet file ({e}); re-run the stage that wrote it with --force"
+        ))
     };
-    let (os, path) = store.object(rel);
-    #[allow(deprecated)]
-    let reader = ParquetObjectReader::new(os, path).with_file_size(info.size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(corrupt)?;
     let schema = builder.schema().clone();
-    let batches: Vec<RecordBatch> = builder
+    let batches = builder
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(corrupt)?
-        .try_collect()
-        .await
-        .map_err(corrupt)?;
+        .collect::<std::result::Result<Vec<RecordBatch>, _>>()
+        .map_err(|e| {
+            Error::Data(format!(
+                "{url} does not decode ({e}); re-run the stage that wrote it with --force"
+            ))
+        })?;
     arrow::compute::concat_batches(&schema, &batches)
         .map_err(|e| Error::Data(format!("{url}: {e}")))
 }

@@ -22,6 +22,8 @@ pub enum RunStatus {
     Running,
     Succeeded,
     Failed,
+    /// Stopped by SIGTERM or SIGINT; `mlpipe run --run-id <id>` resumes it.
+    Interrupted,
 }
 
 /// The whole run.
@@ -141,7 +143,8 @@ pub(super) struct ManifestWriter {
     /// backend without e-tags).
     etag: Option<String>,
     stored: bool,
-    /// The stages this invocation executes: the only records it owns.
+    /// The records this invocation decides: the stages whose lease it holds (or held), and
+    /// those it reused. On a conflict every other record is taken from the stored manifest.
     owned: BTreeSet<String>,
     /// Whether a write of this invocation has landed (and so counted it in `invocations`).
     landed: bool,
@@ -161,6 +164,11 @@ impl ManifestWriter {
 
     fn path(&self) -> String {
         path(&self.manifest.run_id)
+    }
+
+    /// This invocation decides `stage`'s record from now on (it holds the stage's lease).
+    pub(super) fn own(&mut self, stage: &str) {
+        self.owned.insert(stage.to_string());
     }
 
     /// Takes from the stored manifest what other invocations own.

@@ -6,10 +6,14 @@
 //!
 //! This module holds the types the phases hand each other and the callers see.
 
+mod attempt;
+mod drive;
+pub mod lease;
 pub mod manifest;
 mod plan;
 mod run;
 mod schedule;
+mod stop;
 
 use std::collections::HashMap;
 
@@ -23,6 +27,7 @@ use manifest::{Manifest, StageRecord};
 
 pub use plan::{new_run_id, plan};
 pub use run::execute;
+pub use stop::Stop;
 
 /// How one invocation of `mlpipe run` (or `plan`) was asked to run.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +43,9 @@ pub struct RunOptions {
     pub metrics_addr: Option<String>,
     /// Print the metrics as CloudWatch Embedded Metric Format lines at the end (`--emf`).
     pub emf: bool,
+    /// Stop requests (SIGTERM, SIGINT): no new stage starts, running ones get
+    /// `run.shutdown_grace`, then are cancelled.
+    pub stop: Option<Stop>,
 }
 
 /// What the engine will do with a stage.

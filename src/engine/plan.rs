@@ -147,6 +147,7 @@ pub async fn plan(p: &Pipeline, o: &RunOptions) -> Result<Plan> {
         fps: HashMap::new(),
     };
     let mut out = Vec::new();
+    let mut missing = Vec::new();
     for i in p.dag.topo_order().expect("compiled pipelines are acyclic") {
         let st = &p.stages[i];
         let mut planned = PlannedStage {
@@ -159,10 +160,18 @@ pub async fn plan(p: &Pipeline, o: &RunOptions) -> Result<Plan> {
         };
         if selected.contains(&i) {
             planner.selected(i, &mut planned).await?;
-        } else if needed.contains(&i) {
-            planner.upstream(i, &selected, &mut planned)?;
+        } else if needed.contains(&i) && !planner.upstream(i, &mut planned) {
+            missing.push(i);
         }
         out.push(planned);
+    }
+    if !missing.is_empty() {
+        return Err(missing_upstream(
+            p,
+            &selected,
+            &missing,
+            planner.base.as_ref(),
+        ));
     }
     Ok(Plan {
         resumed: existing.is_some(),
@@ -186,10 +195,10 @@ async fn locate_inputs(
         for ds in stages::datasets_read(&p.stages[i]) {
             if !located.contains_key(&ds) {
                 let d = &p.datasets[&ds];
-                located.insert(
-                    ds.clone(),
-                    crate::data::reader::locate(&p.storage.data, &d.location).await?,
-                );
+                let l = crate::data::reader::locate(&p.storage.data, &d.location)
+                    .await
+                    .map_err(|e| e.context(format!("dataset `{ds}`")))?;
+                located.insert(ds.clone(), l);
             }
         }
     }
@@ -201,7 +210,11 @@ impl Planner<'_> {
     /// run. A kind that is never reused always runs.
     async fn selected(&mut self, i: usize, planned: &mut PlannedStage) -> Result<()> {
         let st = &self.p.stages[i];
-        let upstream: Vec<&String> = self.p.dag.deps[i].iter().map(|d| &self.fps[d]).collect();
+        // A needed stage no run completed has no fingerprint; the plan fails once all are known.
+        let upstream: Vec<&str> = self.p.dag.deps[i]
+            .iter()
+            .map(|d| self.fps.get(d).map_or("", String::as_str))
+            .collect();
         let fp = fingerprint(self.p, st, &upstream, self.located, self.as_of);
         planned.fingerprint = fp.clone();
         self.fps.insert(i, fp.clone());
@@ -228,36 +241,15 @@ impl Planner<'_> {
     }
 
     /// A stage the selection needs but does not run: its outputs come from the base run.
-    fn upstream(
-        &mut self,
-        i: usize,
-        selected: &BTreeSet<usize>,
-        planned: &mut PlannedStage,
-    ) -> Result<()> {
+    /// False when the base run has no completed record of it.
+    fn upstream(&mut self, i: usize, planned: &mut PlannedStage) -> bool {
         let st = &self.p.stages[i];
         let Some(b) = &self.base else {
-            return Err(Error::Data(format!(
-                "stage `{}` needs the outputs of `{}`, and there is no earlier run to take them from; \
-                 run the whole pipeline first, or add --stage {}",
-                selected
-                    .iter()
-                    .map(|&s| self.p.stages[s].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("`, `"),
-                st.name,
-                st.name
-            )));
+            return false;
         };
-        let rec = b
-            .stage(&st.name)
-            .filter(|r| r.status.is_done())
-            .ok_or_else(|| {
-                Error::Data(format!(
-                    "run `{}` has no completed `{}` stage, whose outputs the selected stages need; \
-                     run `mlpipe run --stage {} --run-id {}` first",
-                    b.run_id, st.name, st.name, b.run_id
-                ))
-            })?;
+        let Some(rec) = b.stage(&st.name).filter(|r| r.status.is_done()) else {
+            return false;
+        };
         planned.fingerprint = rec.fingerprint.clone();
         if self.existing.is_some_and(|m| m.run_id == b.run_id) {
             planned.action = Action::Done;
@@ -269,8 +261,37 @@ impl Planner<'_> {
             planned.record = Some(reused(rec.clone(), &b.run_id));
         }
         self.fps.insert(i, rec.fingerprint.clone());
-        Ok(())
+        true
     }
+}
+
+/// The usage error for selected stages whose needed stages no run has completed: every such
+/// stage at once, and how to get their outputs.
+fn missing_upstream(
+    p: &Pipeline,
+    selected: &BTreeSet<usize>,
+    missing: &[usize],
+    base: Option<&Manifest>,
+) -> Error {
+    let names = |ix: &mut dyn Iterator<Item = usize>| {
+        ix.map(|i| format!("`{}`", p.stages[i].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let wanted = names(&mut selected.iter().copied());
+    let lacking = names(&mut missing.iter().copied());
+    let last = p.stages[*selected.iter().next_back().expect("a selection")]
+        .name
+        .as_str();
+    let whose = match base {
+        None => "no earlier run exists to take them from".to_string(),
+        Some(b) => format!("run `{}` has not completed them", b.run_id),
+    };
+    Error::Usage(format!(
+        "{wanted} need{} the outputs of {lacking}, and {whose}; run them first \
+         (`mlpipe run --to {last}` runs everything {last} needs), or name a run that has them with --run-id",
+        if selected.len() == 1 { "s" } else { "" }
+    ))
 }
 
 /// A record taken from another run: reused, and from the run that computed it.
@@ -314,7 +335,7 @@ async fn cached(artifacts: &Store, stage: &str, fp: &str) -> Result<Option<Cache
 fn fingerprint(
     p: &Pipeline,
     st: &Stage,
-    upstream: &[&String],
+    upstream: &[&str],
     located: &HashMap<String, Located>,
     as_of: Option<DateTime<Utc>>,
 ) -> String {

@@ -1,31 +1,30 @@
-//! Executing a plan: the run's manifest opened, every ready stage started on tokio as its needs
-//! complete (the ready set chosen by [`super::schedule`]), each stage's attempts run with a
-//! timeout and retried with backoff, every transition recorded, and the run closed with its
-//! telemetry and report.
+//! Executing a plan, as named steps: the run's manifest opened, the ready loop
+//! ([`super::drive`]: every ready stage started on tokio as its needs complete, each stage run by
+//! [`super::attempt`] under its lease), and the run closed: its status, telemetry and report.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 
+use super::drive::{Driven, Driver};
+use super::lease::Leases;
 use super::manifest::{
-    self, CacheEntry, LastSuccess, Manifest, ManifestWriter, RunStatus, StageRecord, StageStatus,
+    self, LastSuccess, Manifest, ManifestWriter, RunStatus, StageRecord, StageStatus,
 };
-use super::schedule::{fit_slots, schedule};
 use super::{Action, Plan, RunOptions, RunOutcome};
-use crate::config::{Pipeline, Stage};
+use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::stages::context::{Shared, StageCtx};
-use crate::stages::{self, faults, StageDone};
+use crate::stages::context::Shared;
+use crate::stages::faults;
 use crate::storage::Store;
 use crate::telemetry::{Event, Telemetry};
 use crate::time::format_millis as ts;
 
-type Writer = Arc<Mutex<ManifestWriter>>;
+/// The manifest writer, shared by the stages' tasks.
+pub(super) type Writer = Arc<Mutex<ManifestWriter>>;
 
 /// Executes a plan, inside the run's root span (`run <pipeline>`: pipeline, run id, status).
 pub async fn execute(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result<RunOutcome> {
@@ -85,24 +84,40 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
         telemetry: telemetry.clone(),
         registry,
     });
-    let to_run: Vec<usize> = plan
-        .stages
-        .iter()
-        .filter(|s| s.action == Action::Run)
-        .map(|s| {
-            p.stage_index(&s.name)
-                .expect("planned stages are the pipeline's")
-        })
-        .collect();
-    let (mut first_error, pending) = drive(&p, &shared, &writer, to_run, o.progress).await?;
-    // A failed check (a gate, an unhealthy model) does not stop the pipeline, but the run ends
-    // with exit code 1.
-    if first_error.is_none() {
-        let failures = writer.lock().await.manifest.check_failures();
-        if !failures.is_empty() {
-            first_error = Some((usize::MAX, Error::CheckFailed(failures.join("; "))));
-        }
-    }
+    let index = |name: &str| {
+        p.stage_index(name)
+            .expect("planned stages are the pipeline's")
+    };
+    let driver = Driver {
+        p: p.clone(),
+        shared,
+        writer: writer.clone(),
+        leases: Leases::new(plan.artifacts.clone(), &plan.run_id),
+        pending: plan
+            .stages
+            .iter()
+            .filter(|s| s.action == Action::Run)
+            .map(|s| index(&s.name))
+            .collect(),
+        done: plan
+            .stages
+            .iter()
+            .filter(|s| !matches!(s.action, Action::Run | Action::Skip))
+            .map(|s| index(&s.name))
+            .collect(),
+        from_other_runs: plan
+            .stages
+            .iter()
+            .filter(|s| matches!(s.action, Action::Upstream { .. }))
+            .map(|s| index(&s.name))
+            .collect(),
+        stop: o.stop.clone(),
+        grace: p.shutdown_grace,
+        progress: o.progress,
+    };
+    let mut driven = driver.drive().await?;
+    let pending = std::mem::take(&mut driven.pending);
+    let first_error = outcome_error(&plan.run_id, driven, &writer).await;
     let manifest = close_manifest(&p, &writer, &pending, &first_error, started).await?;
     finish_telemetry(&manifest, &plan.artifacts, &telemetry, o).await;
     write_report(&manifest, &plan.artifacts).await;
@@ -113,6 +128,34 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
         manifest,
         error: first_error.map(|(_, e)| e),
     })
+}
+
+/// What ends the run with a non-zero exit code: a stop signal (130, 143), a stage's failure, or
+/// failed checks (a gate, an unhealthy model: the pipeline went on, the exit code is 1).
+async fn outcome_error(run_id: &str, d: Driven, writer: &Writer) -> Option<(usize, Error)> {
+    if let Some(sig) = d.stopped_by {
+        let cancelled = if d.interrupted.is_empty() {
+            "the running stages finished within the grace".to_string()
+        } else {
+            format!("stages interrupted: {}", d.interrupted.join(", "))
+        };
+        let message = format!(
+            "run {run_id} was stopped by {} ({cancelled}); resume it with `mlpipe run --run-id {run_id}`",
+            super::stop::name(sig)
+        );
+        return Some((
+            usize::MAX - 1,
+            Error::Interrupted {
+                message,
+                signal: sig,
+            },
+        ));
+    }
+    if d.first_error.is_some() {
+        return d.first_error;
+    }
+    let failures = writer.lock().await.manifest.check_failures();
+    (!failures.is_empty()).then(|| (usize::MAX, Error::CheckFailed(failures.join("; "))))
 }
 
 /// The run's manifest as this invocation starts it: an existing run's, or a new one; a record
@@ -180,11 +223,13 @@ async fn open_manifest(p: &Pipeline, plan: &Plan) -> Result<Writer> {
         };
         manifest.inputs.insert(name.clone(), input);
     }
-    // The records this invocation decides: what it executes and what it reuses.
+    // The records this invocation decides from the start: what it reuses. A stage it executes
+    // becomes its own when it takes the stage's lease (another invocation of the run may be
+    // executing it); until then, on an existing run, the stored record stands.
     let owned: BTreeSet<String> = plan
         .stages
         .iter()
-        .filter(|s| matches!(s.action, Action::Run | Action::Reuse { .. }))
+        .filter(|s| matches!(s.action, Action::Reuse { .. }))
         .map(|s| s.name.clone())
         .collect();
     let mut w = ManifestWriter::new(manifest, plan.artifacts.clone(), owned);
@@ -231,312 +276,9 @@ fn replay_earlier_results(p: &Pipeline, plan: &Plan, telemetry: &Telemetry) {
     }
 }
 
-/// Starts every stage whose needs are done, as they become done, until none is left to start
-/// or one fails (then the running ones finish and nothing new starts). Returns the first error
-/// (with its stage's index, the earliest in the pipeline when several fail) and the stages that
-/// never started.
-async fn drive(
-    p: &Arc<Pipeline>,
-    shared: &Arc<Shared>,
-    writer: &Writer,
-    mut pending: Vec<usize>,
-    progress: bool,
-) -> Result<(Option<(usize, Error)>, Vec<usize>)> {
-    let bars = MultiProgress::with_draw_target(if progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let mut running: JoinSet<(usize, Result<()>)> = JoinSet::new();
-    let mut in_flight: Vec<usize> = Vec::new();
-    let mut first_error: Option<(usize, Error)> = None;
-    let slots = fit_slots(p);
-    let mut held: BTreeSet<usize> = BTreeSet::new();
-    loop {
-        if first_error.is_none() {
-            let m = writer.lock().await.manifest.clone();
-            let ready: Vec<usize> = pending
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    p.dag.deps[i]
-                        .iter()
-                        .all(|&d| m.stages[&p.stages[d].name].status.is_done())
-                })
-                .collect();
-            let ready = schedule(p, &m, ready, &in_flight, slots);
-            for &i in &ready.held {
-                if held.insert(i) {
-                    tracing::info!(
-                        stage = %p.stages[i].name,
-                        max_concurrent_fits = slots,
-                        "stage waits for a running fit to finish (run.max_concurrent_fits)"
-                    );
-                }
-            }
-            for i in ready.start {
-                pending.retain(|&x| x != i);
-                in_flight.push(i);
-                let upstream = upstream_records(p, &m, i);
-                let bar = bars.add(spinner(&p.stages[i].name));
-                spawn_stage(
-                    &mut running,
-                    shared,
-                    writer,
-                    p.stages[i].clone(),
-                    i,
-                    upstream,
-                    bar,
-                );
-            }
-        }
-        let Some(joined) = running.join_next().await else {
-            break;
-        };
-        let (i, r) = joined.map_err(|e| Error::Infra(format!("a stage task panicked: {e}")))?;
-        in_flight.retain(|&x| x != i);
-        // The decoded input datasets are the largest tables in memory; once no stage that reads
-        // them is left, they go.
-        if !pending
-            .iter()
-            .chain(&in_flight)
-            .any(|&j| p.stages[j].kind().reads_datasets())
-        {
-            shared.datasets.lock().unwrap().clear();
-        }
-        if let Err(e) = r {
-            if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
-                first_error = Some((i, e));
-            }
-        }
-    }
-    Ok((first_error, pending))
-}
-
-/// Every ancestor's record: a stage may read outputs from further up the DAG.
-fn upstream_records(p: &Pipeline, m: &Manifest, i: usize) -> HashMap<String, StageRecord> {
-    p.dag
-        .ancestors(i)
-        .iter()
-        .map(|&d| {
-            let name = &p.stages[d].name;
-            (name.clone(), m.stages[name].clone())
-        })
-        .collect()
-}
-
-fn spinner(stage: &str) -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix:<18} {elapsed:>4} {wide_msg}")
-            .expect("valid template"),
-    );
-    bar.set_prefix(stage.to_string());
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-/// Starts one stage as a task, inside its span (pipeline, run id, stage, kind, attempt, rows
-/// in and out, status).
-fn spawn_stage(
-    running: &mut JoinSet<(usize, Result<()>)>,
-    shared: &Arc<Shared>,
-    writer: &Writer,
-    st: Stage,
-    i: usize,
-    upstream: HashMap<String, StageRecord>,
-    bar: ProgressBar,
-) {
-    let span = tracing::info_span!(
-        "stage",
-        otel.name = %st.name,
-        pipeline = %shared.pipeline.name,
-        run_id = %shared.run_id,
-        stage = %st.name,
-        kind = st.kind().name(),
-        attempt = tracing::field::Empty,
-        rows_in = tracing::field::Empty,
-        rows_out = tracing::field::Empty,
-        status = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-    );
-    let (shared, writer) = (shared.clone(), writer.clone());
-    running.spawn(tracing::Instrument::instrument(
-        async move {
-            let r = run_stage(shared, st, upstream, writer, bar.clone()).await;
-            bar.finish_and_clear();
-            (i, r)
-        },
-        span,
-    ));
-}
-
-/// Runs one stage: attempts with a timeout each, retries with exponential backoff for
-/// infrastructure errors, and the manifest updated at every transition.
-async fn run_stage(
-    shared: Arc<Shared>,
-    st: Stage,
-    upstream: HashMap<String, StageRecord>,
-    writer: Writer,
-    bar: ProgressBar,
-) -> Result<()> {
-    let max_attempts = 1 + st.retries;
-    let begun = Utc::now();
-    let t0 = Instant::now();
-    for attempt in 1..=max_attempts {
-        let total = begin_attempt(&writer, &st.name, begun).await?;
-        tracing::info!(stage = %st.name, attempt = total, "stage started");
-        let ctx = StageCtx::new(
-            shared.clone(),
-            st.clone(),
-            attempt,
-            upstream.clone(),
-            bar.clone(),
-        );
-        let result = attempt_with_timeout(&ctx).await;
-        let span = tracing::Span::current();
-        let (rows_in, rows_out) = ctx.rows();
-        span.record("attempt", total);
-        span.record("rows_in", rows_in);
-        span.record("rows_out", rows_out);
-        match result {
-            Ok(done) => return succeed(&ctx, &writer, done, t0).await,
-            Err(e) => {
-                let retryable = e.is_retryable();
-                let will_retry = retryable && attempt < max_attempts;
-                shared.telemetry.emit(Event::StageAttemptFailed {
-                    pipeline: &shared.pipeline.name,
-                    stage: &st.name,
-                    attempt: total,
-                    error: &e.to_string(),
-                    will_retry,
-                });
-                if will_retry {
-                    tokio::time::sleep(st.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
-                    continue;
-                }
-                return Err(fail(&ctx, &writer, e, t0).await?);
-            }
-        }
-    }
-    unreachable!("the loop returns on the last attempt")
-}
-
-/// Records that an attempt starts; returns the stage's attempts over all invocations.
-async fn begin_attempt(writer: &Writer, name: &str, begun: chrono::DateTime<Utc>) -> Result<u32> {
-    writer
-        .lock()
-        .await
-        .update(|m| {
-            let r = m.stages.get_mut(name).expect("record");
-            r.status = StageStatus::Running;
-            r.attempts += 1;
-            r.started_at = Some(ts(begun));
-            r.error = None;
-            r.error_kind = None;
-            r.attempts
-        })
-        .await
-}
-
-/// One attempt, ended by the stage's timeout if it runs longer.
-async fn attempt_with_timeout(ctx: &StageCtx) -> Result<StageDone> {
-    let name = &ctx.stage.name;
-    let work = async {
-        if ctx.shared.faults.get(name) == Some(faults::Fault::Hang) {
-            tokio::time::sleep(Duration::from_secs(86_400)).await;
-        }
-        stages::execute(ctx).await
-    };
-    match tokio::time::timeout(ctx.stage.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Infra(format!(
-            "stage `{name}` timed out after {:.0?}; raise stages.{name}.timeout or look at why it is slow",
-            ctx.stage.timeout
-        ))),
-    }
-}
-
-/// Commits a successful attempt: the record (outputs, summary, samples) in the manifest, the
-/// samples in the run's metrics, and the reuse cache entry.
-async fn succeed(ctx: &StageCtx, writer: &Writer, done: StageDone, t0: Instant) -> Result<()> {
-    let (shared, name) = (&ctx.shared, &ctx.stage.name);
-    let elapsed = t0.elapsed().as_secs_f64();
-    let (outputs, samples) = (ctx.take_outputs(), ctx.take_samples());
-    let rec = writer
-        .lock()
-        .await
-        .update(|m| {
-            for (k, v) in done.inputs {
-                m.inputs.insert(k, v);
-            }
-            let r = m.stages.get_mut(name).expect("record");
-            r.status = StageStatus::Succeeded;
-            r.outputs = outputs;
-            r.summary = Some(done.summary);
-            r.check_failures = done.check_failures;
-            r.valid_until = done.valid_until.map(ts);
-            r.finished_at = Some(ts(Utc::now()));
-            r.duration_s = Some(elapsed);
-            r.reused_from = None;
-            r.samples = samples;
-            r.clone()
-        })
-        .await?;
-    shared.telemetry.record(&rec.samples);
-    if rec.kind.reusable() {
-        let entry = CacheEntry {
-            run_id: shared.run_id.clone(),
-            record: rec.clone(),
-        };
-        let path = manifest::cache_path(name, &rec.fingerprint);
-        shared.artifacts.put_json(&path, &entry).await?;
-    }
-    tracing::Span::current().record("status", "succeeded");
-    shared.telemetry.emit(Event::StageFinished {
-        pipeline: &shared.pipeline.name,
-        stage: name,
-        status: "succeeded",
-        seconds: elapsed,
-    });
-    Ok(())
-}
-
-/// Records a failed last attempt; returns the error to end the stage with, naming the stage.
-async fn fail(ctx: &StageCtx, writer: &Writer, e: Error, t0: Instant) -> Result<Error> {
-    let name = &ctx.stage.name;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let msg = e.to_string();
-    let span = tracing::Span::current();
-    span.record("status", "failed");
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", msg.as_str());
-    let outputs = ctx.take_outputs();
-    writer
-        .lock()
-        .await
-        .update(|m| {
-            let r = m.stages.get_mut(name).expect("record");
-            r.status = StageStatus::Failed;
-            r.outputs = outputs;
-            r.error = Some(msg.clone());
-            r.error_kind = Some(e.kind().into());
-            r.finished_at = Some(ts(Utc::now()));
-            r.duration_s = Some(elapsed);
-        })
-        .await?;
-    let named = format!("stage `{name}`");
-    Ok(if msg.starts_with(&named) {
-        e
-    } else {
-        e.context(named)
-    })
-}
-
-/// The run's last manifest update: stages that could not start are skipped, and the run's
-/// status, end, duration and cost. Failed checks leave a completed run (status succeeded) with
-/// exit code 1.
+/// The run's last manifest update: stages that could not start are skipped (unless a stop
+/// ended the run: they are still to run when it is resumed), and the run's status, end,
+/// duration and cost. Failed checks leave a completed run (status succeeded) with exit code 1.
 async fn close_manifest(
     p: &Pipeline,
     writer: &Writer,
@@ -546,13 +288,22 @@ async fn close_manifest(
 ) -> Result<Manifest> {
     let mut w = writer.lock().await;
     let elapsed = started.elapsed().as_secs_f64();
+    let interrupted = matches!(first_error, Some((_, Error::Interrupted { .. })));
+    for &i in pending {
+        let r = &w.manifest.stages[&p.stages[i].name];
+        if !interrupted && !r.status.is_done() && r.status != StageStatus::Running {
+            w.own(&p.stages[i].name);
+        }
+    }
     w.update(|m| {
         for &i in pending {
-            if let Some(r) = m.stages.get_mut(&p.stages[i].name) {
+            let r = m.stages.get_mut(&p.stages[i].name).expect("record");
+            if !interrupted && !r.status.is_done() && r.status != StageStatus::Running {
                 r.status = StageStatus::Skipped;
             }
         }
         m.status = match first_error {
+            Some((_, Error::Interrupted { .. })) => RunStatus::Interrupted,
             Some((i, _)) if *i != usize::MAX => RunStatus::Failed,
             _ => RunStatus::Succeeded,
         };

@@ -119,21 +119,46 @@ fn fit_terms(x: &[&[f64]], transform: &Transform) -> Vec<Term> {
                 levels: categories.len(),
             },
             Encoding::Categorical { .. } => Term::Dropped,
-            Encoding::Numeric { .. } | Encoding::Bool { .. } => {
-                let n = col.len() as f64;
-                let mean = col.iter().sum::<f64>() / n;
-                let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-                if var > 0.0 {
-                    Term::Scaled {
-                        mean,
-                        scale: var.sqrt(),
-                    }
-                } else {
-                    Term::Dropped
-                }
-            }
+            Encoding::Numeric { .. } | Encoding::Bool { .. } => match mean_and_scale(col) {
+                Some((mean, scale)) => Term::Scaled { mean, scale },
+                None => Term::Dropped,
+            },
         })
         .collect()
+}
+
+/// The mean and population standard deviation of a column, `None` when it is constant. Sums of
+/// values near the largest finite `f64` overflow; then the values are divided by the largest
+/// magnitude first (each quotient is at most 1, so nothing overflows) and the results scaled
+/// back, so any finite column has a finite mean and deviation.
+fn mean_and_scale(col: &[f64]) -> Option<(f64, f64)> {
+    let n = col.len() as f64;
+    let mean = col.iter().sum::<f64>() / n;
+    let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let (mean, sd) = if mean.is_finite() && var.is_finite() {
+        (mean, var.sqrt())
+    } else {
+        let big = col.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let m = col.iter().map(|v| v / big).sum::<f64>() / n;
+        let var = col
+            .iter()
+            .map(|v| (v / big - m) * (v / big - m))
+            .sum::<f64>()
+            / n;
+        (m * big, var.sqrt() * big)
+    };
+    (sd > 0.0 && sd.is_finite()).then_some((mean, sd))
+}
+
+/// A value standardised: `(v - mean) / scale`, or, where that difference overflows,
+/// `v / scale - mean / scale`.
+fn standardised(v: f64, mean: f64, scale: f64) -> f64 {
+    let z = (v - mean) / scale;
+    if z.is_finite() || !v.is_finite() {
+        z
+    } else {
+        v / scale - mean / scale
+    }
 }
 
 /// The design matrix (rows × columns) of `x` under `terms`.
@@ -146,7 +171,7 @@ fn design(terms: &[Term], x: &[&[f64]]) -> Array2<f64> {
         match term {
             Term::Scaled { mean, scale } => {
                 for (r, v) in col.iter().enumerate() {
-                    d[[r, j]] = (v - mean) / scale;
+                    d[[r, j]] = standardised(*v, *mean, *scale);
                 }
             }
             Term::OneHot { levels } => {

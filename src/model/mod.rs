@@ -239,6 +239,30 @@ impl Fitted {
             Fitted::Forest { .. } => None,
         }
     }
+
+    /// The first parameter that is not a finite number, named, if any: a model with one would
+    /// predict NaN or infinity (and JSON cannot hold it).
+    pub fn non_finite_parameter(&self) -> Option<String> {
+        let bad = |name: &str, v: f64| (!v.is_finite()).then(|| format!("{name} is {v}"));
+        match self {
+            Fitted::Booster { booster } => {
+                bad("the initial score", booster.init_score).or_else(|| {
+                    booster.trees.iter().enumerate().find_map(|(t, tree)| {
+                        let leaf = tree.value.iter().find(|v| !v.is_finite());
+                        leaf.map(|v| format!("a leaf value of tree {t} is {v}"))
+                    })
+                })
+            }
+            Fitted::Linear { linear } => bad("the intercept", linear.intercept).or_else(|| {
+                linear
+                    .coefficients
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, c)| bad(&format!("coefficient {i}"), *c))
+            }),
+            Fitted::Forest { .. } => None,
+        }
+    }
 }
 
 /// Everything needed to score new rows, as written to `model.json`.

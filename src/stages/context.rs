@@ -47,7 +47,9 @@ impl Shared {
             Some(l) => Ok(l.clone()),
             None => {
                 let ds = &self.pipeline.datasets[name];
-                crate::data::reader::locate(&self.pipeline.storage.data, &ds.location).await
+                crate::data::reader::locate(&self.pipeline.storage.data, &ds.location)
+                    .await
+                    .map_err(|e| e.context(format!("dataset `{name}`")))
             }
         }
     }
@@ -288,9 +290,14 @@ impl StageCtx {
         }
         let span = tracing::info_span!("load", file = %out.path);
         let b = Arc::new(
-            crate::data::reader::read_parquet(&self.shared.artifacts, &out.path)
-                .instrument(span)
-                .await?,
+            crate::data::reader::read_parquet(
+                &self.shared.artifacts,
+                &out.path,
+                &out.sha256,
+                out.bytes,
+            )
+            .instrument(span)
+            .await?,
         );
         self.count_rows_in(b.num_rows());
         self.shared
@@ -301,18 +308,23 @@ impl StageCtx {
         Ok(b)
     }
 
-    /// Reads a JSON output of an upstream stage.
-    pub async fn read_json<T: serde::de::DeserializeOwned>(&self, out: &OutputRecord) -> Result<T> {
+    /// Reads an output of an upstream stage, checking it is the file the stage recorded.
+    pub async fn read_bytes(&self, out: &OutputRecord) -> Result<bytes::Bytes> {
         self.shared
             .artifacts
-            .get_json(&out.path)
-            .await?
-            .ok_or_else(|| {
-                Error::Data(format!(
-                    "{} is missing; re-run the stage that wrote it with --force",
-                    self.shared.artifacts.url_of(&out.path)
-                ))
-            })
+            .get_verified(&out.path, &out.sha256, out.bytes)
+            .await
+    }
+
+    /// Reads a JSON output of an upstream stage (checked as [`StageCtx::read_bytes`] does).
+    pub async fn read_json<T: serde::de::DeserializeOwned>(&self, out: &OutputRecord) -> Result<T> {
+        let bytes = self.read_bytes(out).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Data(format!(
+                "{} is not valid: {e}; re-run the stage that wrote it with --force",
+                self.shared.artifacts.url_of(&out.path)
+            ))
+        })
     }
 
     pub fn take_outputs(&self) -> Vec<OutputRecord> {

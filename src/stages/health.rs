@@ -136,7 +136,10 @@ pub async fn observe<'a>(
         match rec.kind {
             StageKind::Drift if o.drift.is_none() && rec.status.is_done() => {
                 if let Some(out) = rec.output("drift") {
-                    o.drift = artifacts.get_json(&out.path).await?;
+                    let bytes = artifacts
+                        .get_verified(&out.path, &out.sha256, out.bytes)
+                        .await?;
+                    o.drift = Some(serde_json::from_slice(&bytes)?);
                 }
             }
             StageKind::Score if o.inference_ms_per_1k.is_empty() => {

@@ -21,6 +21,9 @@ pub enum StageStatus {
     Failed,
     /// Not run because a stage it needs failed.
     Skipped,
+    /// Cancelled by a stop signal (SIGTERM, SIGINT) after the shutdown grace; runs again when the
+    /// run is resumed.
+    Interrupted,
     /// Not part of this invocation.
     NotSelected,
 }
@@ -39,6 +42,7 @@ impl StageStatus {
             StageStatus::Reused => "reused",
             StageStatus::Failed => "failed",
             StageStatus::Skipped => "skipped",
+            StageStatus::Interrupted => "interrupted",
             StageStatus::NotSelected => "not selected",
         }
     }
@@ -136,6 +140,9 @@ pub struct StageRecord {
     /// Checks the stage's results failed (a gate, an unhealthy model): the stage succeeded, but
     /// the run ends with exit code 1 and these messages.
     pub check_failures: Vec<String>,
+    /// What went wrong around a successful stage without failing it (the reuse cache could not
+    /// be written, ...).
+    pub warnings: Vec<String>,
     /// After this time the outputs may no longer be reused (e.g. freshness measured on the clock).
     pub valid_until: Option<String>,
     pub error: Option<String>,
@@ -158,6 +165,7 @@ impl StageRecord {
             outputs: Vec::new(),
             summary: None,
             check_failures: Vec::new(),
+            warnings: Vec::new(),
             valid_until: None,
             error: None,
             error_kind: None,
@@ -167,6 +175,11 @@ impl StageRecord {
 
     pub fn output(&self, name: &str) -> Option<&OutputRecord> {
         self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Whether one of its outputs is the file at `path` (under the artifacts root).
+    pub fn has_output_at(&self, path: &str) -> bool {
+        self.outputs.iter().any(|o| o.path == path)
     }
 }
 
@@ -191,6 +204,8 @@ struct RecordJson {
     summary: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     check_failures: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     valid_until: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +239,7 @@ impl TryFrom<RecordJson> for StageRecord {
             outputs: r.outputs,
             summary,
             check_failures: r.check_failures,
+            warnings: r.warnings,
             valid_until: r.valid_until,
             error: r.error,
             error_kind: r.error_kind,
@@ -251,6 +267,7 @@ impl From<StageRecord> for RecordJson {
                 .map(|s| s.to_json().expect("a summary serialises"))
                 .unwrap_or_default(),
             check_failures: r.check_failures,
+            warnings: r.warnings,
             valid_until: r.valid_until,
             error: r.error,
             error_kind: r.error_kind,

@@ -17,7 +17,7 @@ use crate::data::holdout;
 use crate::error::{Error, Result};
 use crate::metrics::Metric;
 use crate::model::{Artifact, Task};
-use crate::registry::{Change, Status, VersionDoc, VersionMetrics};
+use crate::registry::{Change, State, Status, VersionDoc, VersionMetrics};
 
 /// The registry's decision on one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub struct Decision {
     pub production: Option<u32>,
     /// The version's document in the registry.
     pub registry: String,
+    /// The trained artifact was identical to this existing version's: no new version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reevaluated: bool,
 }
 
 /// `register.json`.
@@ -78,7 +81,7 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
         let model = p.models[m].clone();
         let trained = ctx.trained(m)?;
         let art_out = trained.output("model")?.clone();
-        let bytes = ctx.shared.artifacts.get(&art_out.path).await?;
+        let bytes = ctx.read_bytes(&art_out).await?;
         let artifact: Artifact = serde_json::from_slice(&bytes)?;
         let art_rel = registry.put_artifact(m, &art_out.sha256, bytes).await?;
         let holdout = ctx.read_table(trained.output("holdout")?).await?;
@@ -134,120 +137,29 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
             code_version: crate::CODE_VERSION.to_string(),
             reason: None,
         };
-        // Champion/challenger: the production version scored on this run's holdout rows. If
-        // production moves while we commit, evaluate again.
-        let mut outcome = None;
-        for _ in 0..5 {
-            let st = registry.state(m).await?;
-            let champion = match st.production.filter(|_| reject.is_empty()) {
-                None => None,
-                Some(v) => {
-                    let doc = &st.versions[&v];
-                    let b = registry
-                        .store()
-                        .get(&format!("{m}/artifacts/{}.json", doc.artifact_sha256))
-                        .await?;
-                    let champ: Artifact = serde_json::from_slice(&b)?;
-                    let value = score_on_holdout(
-                        &champ,
-                        &clean,
-                        &holdout,
-                        model.task,
-                        model.threshold,
-                        primary,
-                    )?;
-                    Some((v, value))
-                }
-            };
-            let stale = Arc::new(AtomicBool::new(false));
-            let seen = st.production;
-            let (reject, base, stale2) = (reject.clone(), base.clone(), stale.clone());
-            let (state, changes) = registry
-                .commit(m, &run_id, move |st| {
-                    // Already registered by this run (a resumed run): nothing to add.
-                    if st.versions.values().any(|v| v.run_id == base.run_id && v.artifact_sha256 == base.artifact_sha256) {
-                        return Ok(Vec::new());
-                    }
-                    if st.production != seen {
-                        stale2.store(true, Ordering::SeqCst);
-                        return Ok(Vec::new());
-                    }
-                    let version = st.next_version();
-                    let mut doc = base.clone();
-                    doc.version = version;
-                    doc.model_id = format!("{}_v{version}", doc.model);
-                    let mut changes = Vec::new();
-                    if !reject.is_empty() {
-                        doc.status = Status::Rejected;
-                        doc.reason = Some(reject.join("; "));
-                        changes.push(Change::Registered { doc: Box::new(doc) });
-                    } else {
-                        let promote = match champion {
-                            None => Some("first version to pass its gates and fairness".to_string()),
-                            Some((v, theirs)) => {
-                                if primary.at_least_as_good(ours, theirs) {
-                                    Some(format!("{primary} {ours:.4} on this holdout, production v{v} {theirs:.4}"))
-                                } else {
-                                    doc.reason = Some(format!("not better than production v{v}: {primary} {ours:.4} vs {theirs:.4} on the same holdout"));
-                                    None
-                                }
-                            }
-                        };
-                        changes.push(Change::Registered { doc: Box::new(doc) });
-                        if let Some(reason) = promote {
-                            changes.push(Change::Promoted { version, reason });
-                        }
-                    }
-                    Ok(changes)
-                })
-                .await?;
-            if stale.load(Ordering::SeqCst) {
-                continue;
-            }
-            outcome = Some((state, changes));
-            break;
-        }
-        let (state, changes) = outcome.ok_or_else(|| Error::storage(format!("registry for `{m}`: production kept moving during registration; run `register` again")))?;
-        let version = changes
-            .iter()
-            .find_map(|c| {
-                if let Change::Registered { doc } = c {
-                    Some(doc.version)
-                } else {
-                    None
-                }
-            })
-            .or_else(|| {
-                state
-                    .versions
-                    .values()
-                    .find(|v| v.run_id == base.run_id && v.artifact_sha256 == base.artifact_sha256)
-                    .map(|v| v.version)
-            })
-            .ok_or_else(|| {
-                Error::Infra(format!(
-                    "registry for `{m}`: the registration was not recorded"
-                ))
-            })?;
-        let doc = &state.versions[&version];
+        let decision = register_model(
+            ctx,
+            m,
+            &base,
+            &reject,
+            Challenger {
+                clean: &clean,
+                holdout: &holdout,
+                task: model.task,
+                threshold: model.threshold,
+                primary,
+                ours,
+            },
+        )
+        .await?;
         ctx.emit(crate::telemetry::Event::ModelRegistered {
             model: m,
-            version,
-            model_id: &doc.model_id,
-            status: doc.status.as_str(),
-            reason: doc.reason.as_deref(),
+            version: decision.version,
+            model_id: &decision.model_id,
+            status: decision.status.as_str(),
+            reason: decision.reason.as_deref(),
         });
-        decisions.insert(
-            m.clone(),
-            Decision {
-                model_id: doc.model_id.clone(),
-                version,
-                status: doc.status,
-                reason: doc.reason.clone(),
-                production: state.production,
-                registry: registry.store().url_of(&format!("{m}/v{version}.json")),
-            },
-        );
+        decisions.insert(m.clone(), decision);
     }
     let report = Report {
         registry: p.storage.registry.clone(),
@@ -257,6 +169,199 @@ pub async fn run(ctx: &StageCtx, models: &[String]) -> Result<StageDone> {
     Ok(StageDone::new(Summary {
         models: report.models,
     }))
+}
+
+/// What the champion/challenger comparison needs: this run's holdout rows and the challenger's
+/// value of the primary metric on them.
+struct Challenger<'a> {
+    clean: &'a arrow::record_batch::RecordBatch,
+    holdout: &'a arrow::record_batch::RecordBatch,
+    task: Task,
+    threshold: f64,
+    primary: Metric,
+    ours: f64,
+}
+
+/// Registers one trained model: scores the production version on this run's holdout rows
+/// (champion/challenger), decides, and commits; if production moves meanwhile, decides again.
+async fn register_model(
+    ctx: &StageCtx,
+    m: &str,
+    base: &VersionDoc,
+    reject: &[String],
+    c: Challenger<'_>,
+) -> Result<Decision> {
+    let registry = &ctx.shared.registry;
+    for _ in 0..5 {
+        let st = registry.state(m).await?;
+        let champion = match st.production.filter(|_| reject.is_empty()) {
+            None => None,
+            Some(v) => {
+                let doc = &st.versions[&v];
+                let rel = format!("{m}/artifacts/{}.json", doc.artifact_sha256);
+                let champ: Artifact = serde_json::from_slice(&registry.store().get(&rel).await?)?;
+                let value =
+                    score_on_holdout(&champ, c.clean, c.holdout, c.task, c.threshold, c.primary)?;
+                Some((v, value))
+            }
+        };
+        let seen = st.production;
+        let stale = Arc::new(AtomicBool::new(false));
+        let stale2 = stale.clone();
+        let evaluated_at = ctx
+            .shared
+            .as_of
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let measured = Measured {
+            seen,
+            champion,
+            primary: c.primary,
+            ours: c.ours,
+        };
+        let (state, changes) = registry
+            .commit(m, &ctx.shared.run_id, move |st| {
+                Ok(match decide(st, base, reject, &measured, &evaluated_at) {
+                    Decided::Changes(ch) => ch,
+                    Decided::Stale => {
+                        stale2.store(true, Ordering::SeqCst);
+                        Vec::new()
+                    }
+                })
+            })
+            .await?;
+        if stale.load(Ordering::SeqCst) {
+            continue;
+        }
+        return decision(registry, m, base, &state, &changes);
+    }
+    Err(Error::storage(format!(
+        "registry for `{m}`: production kept moving during registration; run `register` again"
+    )))
+}
+
+/// What the champion/challenger comparison measured: the production version when it was
+/// scored, its value and this model's of the primary metric on this run's holdout rows.
+struct Measured {
+    seen: Option<u32>,
+    champion: Option<(u32, f64)>,
+    primary: Metric,
+    ours: f64,
+}
+
+/// What registering a model decides.
+#[derive(Debug, PartialEq)]
+enum Decided {
+    Changes(Vec<Change>),
+    /// Production moved since the champion was scored: score again and decide again.
+    Stale,
+}
+
+/// The changes registering `base` makes to a model's state. An artifact this run already
+/// registered (a resumed run) changes nothing; one identical to an existing version's (the same
+/// SHA-256: the same data and code) creates no new version but records that version's
+/// re-evaluation. Otherwise a new version: rejected (a failed gate or fairness), production
+/// (the first that passes, or at least as good as production on the same holdout), or a
+/// candidate.
+fn decide(
+    st: &State,
+    base: &VersionDoc,
+    reject: &[String],
+    m: &Measured,
+    evaluated_at: &str,
+) -> Decided {
+    if let Some(v) = st.with_artifact(&base.artifact_sha256) {
+        if v.run_id == base.run_id {
+            return Decided::Changes(Vec::new());
+        }
+        return Decided::Changes(vec![Change::Evaluated {
+            version: v.version,
+            reason: format!(
+                "run {} trained an artifact identical to {} (SHA-256 {}): no new version",
+                base.run_id,
+                v.model_id,
+                &base.artifact_sha256[..12.min(base.artifact_sha256.len())]
+            ),
+            evaluated_at: evaluated_at.to_string(),
+        }]);
+    }
+    if st.production != m.seen {
+        return Decided::Stale;
+    }
+    let (primary, ours) = (m.primary, m.ours);
+    let version = st.next_version();
+    let mut doc = base.clone();
+    doc.version = version;
+    doc.model_id = format!("{}_v{version}", doc.model);
+    if !reject.is_empty() {
+        doc.status = Status::Rejected;
+        doc.reason = Some(reject.join("; "));
+        return Decided::Changes(vec![Change::Registered { doc: Box::new(doc) }]);
+    }
+    let promote = match m.champion {
+        None => Some("first version to pass its gates and fairness".to_string()),
+        Some((v, theirs)) if primary.at_least_as_good(ours, theirs) => Some(format!(
+            "{primary} {ours:.4} on this holdout, production v{v} {theirs:.4}"
+        )),
+        Some((v, theirs)) => {
+            doc.reason = Some(format!(
+                "not better than production v{v}: {primary} {ours:.4} vs {theirs:.4} on the same holdout"
+            ));
+            None
+        }
+    };
+    let mut changes = vec![Change::Registered { doc: Box::new(doc) }];
+    if let Some(reason) = promote {
+        changes.push(Change::Promoted {
+            version,
+            reason,
+            rollback: false,
+        });
+    }
+    Decided::Changes(changes)
+}
+
+/// The decision as `register.json` records it, from the state after the commit.
+fn decision(
+    registry: &crate::registry::Registry,
+    m: &str,
+    base: &VersionDoc,
+    state: &State,
+    changes: &[Change],
+) -> Result<Decision> {
+    let (version, reevaluated) = changes
+        .iter()
+        .find_map(|c| match c {
+            Change::Registered { doc } => Some((doc.version, false)),
+            Change::Evaluated { version, .. } => Some((*version, true)),
+            Change::Promoted { .. } => None,
+        })
+        .or_else(|| {
+            state
+                .with_artifact(&base.artifact_sha256)
+                .map(|v| (v.version, false))
+        })
+        .ok_or_else(|| {
+            Error::Infra(format!(
+                "registry for `{m}`: the registration was not recorded"
+            ))
+        })?;
+    let doc = &state.versions[&version];
+    Ok(Decision {
+        model_id: doc.model_id.clone(),
+        version,
+        status: doc.status,
+        reason: if reevaluated {
+            changes.iter().find_map(|c| match c {
+                Change::Evaluated { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+        } else {
+            doc.reason.clone()
+        },
+        production: state.production,
+        registry: registry.store().url_of(&format!("{m}/v{version}.json")),
+        reevaluated,
+    })
 }
 
 /// A model's primary metric on the holdout rows of this run.

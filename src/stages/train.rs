@@ -216,8 +216,22 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         transform,
         fitted,
     };
+    if let Some(what) = artifact.fitted.non_finite_parameter() {
+        return Err(format!(
+            "the fitted {} model is not usable: {what}; look for extreme values in its features (or use algorithm `gbdt`, which bins them)",
+            model.algorithm.name()
+        ));
+    }
     let (ph, _) = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
         .in_scope(|| artifact.predict_rows(table, Some(&hold_rows)))?;
+    if let Some(r) = ph.iter().position(|p| !p.is_finite()) {
+        return Err(format!(
+            "the fitted {} model predicts {} for holdout row {}; look for extreme values in its features (or use algorithm `gbdt`, which bins them)",
+            model.algorithm.name(),
+            ph[r],
+            hold_rows[r]
+        ));
+    }
     let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
     let metrics = crate::metrics::evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;

@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+mod local;
 pub mod s3;
 
 /// An object store rooted at a prefix, addressed by relative paths such as `run-1/load/load.json`.
@@ -63,6 +64,8 @@ pub enum Failure {
     Missing,
     /// The endpoint did not answer, or not in time (connect errors, timeouts), after retries.
     Unreachable,
+    /// A local folder has a symbolic link that loops back to a folder above it.
+    Loop,
     /// Anything else.
     Other,
 }
@@ -79,6 +82,11 @@ impl Failure {
         }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(c) = cause {
+            if let Some(w) = c.downcast_ref::<walkdir::Error>() {
+                if w.loop_ancestor().is_some() {
+                    return Failure::Loop;
+                }
+            }
             if let Some(h) = c.downcast_ref::<object_store::client::HttpError>() {
                 return match h.kind() {
                     HttpErrorKind::Connect
@@ -113,6 +121,9 @@ impl Failure {
                 "; the storage endpoint did not answer: check AWS_ENDPOINT_URL and that the server is up \
                  (retries: MLPIPE_STORAGE_RETRIES, MLPIPE_STORAGE_RETRY_TIMEOUT)"
             }
+            Failure::Loop => {
+                "; a symbolic link in it loops back to a folder above it: remove the link, or point the location at a folder without it"
+            }
             Failure::Other => "",
         }
     }
@@ -125,6 +136,10 @@ pub fn fail(action: &str, url: &str, e: object_store::Error) -> Error {
 }
 
 fn fail_as(kind: Failure, action: &str, url: &str, e: object_store::Error) -> Error {
+    if kind == Failure::Loop {
+        // Nothing to retry or to fix in the storage: the folder's contents are unusable.
+        return Error::Data(format!("cannot {action} {url}: {e}{}", kind.hint()));
+    }
     Error::Storage {
         message: format!("cannot {action} {url}: {e}{}", kind.hint()),
         source: Some(Box::new(e)),
@@ -264,6 +279,50 @@ impl Store {
             .map_err(|e| fail("read", &self.url_of(rel), e))
     }
 
+    /// Reads a whole object that must be `size` bytes with SHA-256 `sha256` (as a stage recorded
+    /// it), hashing the bytes as they arrive. A different size or digest is an
+    /// [`Error::Integrity`] naming the object; a missing one a data error.
+    pub async fn get_verified(&self, rel: &str, sha256: &str, size: u64) -> Result<Bytes> {
+        use sha2::{Digest, Sha256};
+        let url = self.url_of(rel);
+        let mismatch = |what: String| {
+            Error::Integrity {
+            message: format!(
+                "{url} is not the file its stage wrote: {what}; it was changed or replaced after it was recorded"
+            ),
+            path: rel.to_string(),
+        }
+        };
+        let res = self.inner.get(&self.path(rel)).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::Data(format!(
+                "{url} does not exist, though its stage recorded it; re-run that stage with --force"
+            )),
+            e => fail("read", &url, e),
+        })?;
+        if res.meta.size != size {
+            return Err(mismatch(format!(
+                "{} bytes, recorded {size}",
+                res.meta.size
+            )));
+        }
+        let mut stream = res.into_stream();
+        let mut buf = bytes::BytesMut::with_capacity(size as usize);
+        let mut h = Sha256::new();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| fail("read", &url, e))? {
+            h.update(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        let got = hex::encode(h.finalize());
+        if buf.len() as u64 != size || got != sha256 {
+            return Err(mismatch(format!(
+                "SHA-256 {}…, recorded {}…",
+                &got[..12],
+                &sha256[..12.min(sha256.len())]
+            )));
+        }
+        Ok(buf.freeze())
+    }
+
     /// Reads an object, or `None` when it does not exist.
     pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
         Ok(self.get_versioned(rel).await?.map(|(b, _)| b))
@@ -310,9 +369,46 @@ impl Store {
     }
 
     /// Writes `rel` only if it is unchanged since it was read with e-tag `expected` (`None`: only
-    /// if it does not exist): S3's `If-Match` / `If-None-Match`. Backends without conditional
-    /// updates (local folders) write the update unconditionally.
+    /// if it does not exist): S3's `If-Match` / `If-None-Match`. A local folder has no
+    /// conditional update in `object_store`; there the comparison and the write are made under
+    /// an advisory lock (`flock`) on a lock file beside the object, which every process writing
+    /// it takes.
     pub async fn put_conditional(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: Option<&str>,
+    ) -> Result<Conditional> {
+        if let Some(file) = self.local_file(rel) {
+            let _lock = local::lock(&file).await?;
+            let current = self.head(rel).await?;
+            let matches = match (expected, &current) {
+                (None, None) => true,
+                (Some(tag), Some(h)) => h.e_tag.as_deref() == Some(tag),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Conditional::Conflict);
+            }
+            let r = self
+                .inner
+                .put(&self.path(rel), PutPayload::from_bytes(bytes))
+                .await
+                .map_err(|e| fail("write", &self.url_of(rel), e))?;
+            return Ok(Conditional::Written(r.e_tag));
+        }
+        self.put_conditional_remote(rel, bytes, expected).await
+    }
+
+    /// The local file behind `rel`, when this store is a local folder.
+    fn local_file(&self, rel: &str) -> Option<std::path::PathBuf> {
+        if !self.url.starts_with("file://") {
+            return None;
+        }
+        Url::parse(&self.url_of(rel)).ok()?.to_file_path().ok()
+    }
+
+    async fn put_conditional_remote(
         &self,
         rel: &str,
         bytes: Bytes,

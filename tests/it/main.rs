@@ -16,6 +16,7 @@ mod pipeline_file;
 mod quality;
 mod readable;
 mod registry;
+mod reliability;
 mod report;
 mod run;
 mod telemetry;

@@ -111,8 +111,27 @@ fn a_rejected_model_leaves_production_unchanged_and_rollback_restores_the_previo
         "{v2}"
     );
     assert_eq!(state(&p, "engagement")["production"], 1);
-    // v3 is as good as v1 on the same holdout: it becomes production, v1 is archived.
-    p.ok(&["run", "--as-of", AS_OF, "--run-id", "c", "--force"]);
+    // The same data and code again train v1's artifact: no new version, v1 re-evaluated.
+    p.ok(&["run", "--as-of", AS_OF, "--run-id", "c0", "--force"]);
+    assert_eq!(
+        state(&p, "engagement")["versions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    // v3, another artifact (its unused decision threshold differs) with v1's predictions, is as
+    // good as v1 on the same holdout: it becomes production, v1 is archived.
+    p.ok(&[
+        "run",
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "c",
+        "--force",
+        "--set",
+        "models.engagement.threshold=0.6",
+    ]);
     let st = state(&p, "engagement");
     assert_eq!(st["production"], 3);
     assert_eq!(version(&p, "engagement", 1)["status"], "archived");
@@ -125,6 +144,7 @@ fn a_rejected_model_leaves_production_unchanged_and_rollback_restores_the_previo
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["kind"] != "evaluated")
         .map(|m| (m["from"].clone(), m["to"].as_u64().unwrap()))
         .collect();
     assert_eq!(
@@ -179,7 +199,14 @@ fn two_runs_registering_at_the_same_time_both_land() {
     for m in ["engagement", "churn", "ltv"] {
         let st = state(&p, m);
         let versions = st["versions"].as_object().unwrap();
-        assert_eq!(versions.len(), 2, "{m}: both registrations land");
+        // The same data and code trained the same artifact twice: one version, and the other
+        // run's re-evaluation of it; both commits land.
+        assert_eq!(versions.len(), 1, "{m}: one version for one artifact");
+        let history = st["history"].as_array().unwrap();
+        assert!(
+            history.iter().any(|h| h["kind"] == "evaluated"),
+            "{m}: the second registration is a re-evaluation: {st}"
+        );
         assert_eq!(
             versions
                 .values()

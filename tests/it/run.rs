@@ -250,10 +250,11 @@ fn single_stage_takes_upstream_outputs_from_the_named_run() {
 #[test]
 fn a_missing_upstream_output_names_the_stage_that_makes_it() {
     let p = Project::new(true);
+    // A usage mistake (exit 2): the stage that makes the outputs, and how to run it.
     let o = p.mlpipe(&["run", "--stage", "validate"]);
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("`load`") && e.contains("--stage load"), "{e}");
+    assert!(e.contains("`load`") && e.contains("--to validate"), "{e}");
     p.ok(&["run", "--to", "load", "--run-id", "onlyload"]);
     let o = p.mlpipe(&["run", "--stage", "validate", "--run-id", "other-run"]);
     assert_eq!(
