@@ -55,7 +55,7 @@ pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str, exit_code: i
             StageStatus::Reused => {
                 format!("outputs of run {}", r.reused_from.as_deref().unwrap_or("?"))
             }
-            StageStatus::Failed => r
+            StageStatus::Failed | StageStatus::Interrupted => r
                 .error
                 .as_deref()
                 .unwrap_or("")

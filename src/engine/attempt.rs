@@ -39,12 +39,18 @@ pub(super) async fn run_stage(
     writer: Writer,
     bar: ProgressBar,
     leases: Leases,
+    note: Option<String>,
 ) -> Result<Ended> {
     let name = st.name.clone();
     let Some(seq) = take_lease(&leases, &writer, &st).await? else {
         return Ok(Ended::ByAnother);
     };
-    writer.lock().await.own(&name);
+    {
+        // This invocation decides the record from now on; its warnings are this execution's.
+        let mut w = writer.lock().await;
+        w.own(&name);
+        w.manifest.stages.get_mut(&name).expect("record").warnings = note.into_iter().collect();
+    }
     // Renew the lease while the stage runs; the task ends with this one (dropped or aborted).
     let heartbeat = tokio::spawn(heartbeat(leases.clone(), name.clone(), seq));
     let _stop_heartbeat = AbortOnDrop(heartbeat);
@@ -226,7 +232,6 @@ async fn succeed(ctx: &StageCtx, writer: &Writer, done: StageDone, t0: Instant) 
         r.outputs = outputs.clone();
         r.summary = Some(done.summary.clone());
         r.check_failures = done.check_failures.clone();
-        r.warnings.clear();
         r.valid_until = done.valid_until.map(ts);
         r.finished_at = Some(ts(Utc::now()));
         r.duration_s = Some(elapsed);

@@ -63,6 +63,8 @@ struct Loop {
     held: BTreeSet<usize>,
     /// Stages recomputed because a later stage found their output changed (once each).
     recomputed: BTreeSet<usize>,
+    /// Why a stage runs again, for its record's warnings.
+    notes: HashMap<usize, String>,
     stopped_by: Option<i32>,
     interrupted: Vec<String>,
 }
@@ -82,6 +84,7 @@ impl Driver {
             first_error: None,
             held: BTreeSet::new(),
             recomputed: BTreeSet::new(),
+            notes: HashMap::new(),
             stopped_by: None,
             interrupted: Vec::new(),
         };
@@ -147,7 +150,8 @@ impl Driver {
             self.pending.retain(|&x| x != i);
             l.in_flight.push(i);
             let bar = bars.add(spinner(&p.stages[i].name));
-            let id = self.spawn(&mut l.running, i, upstream_records(&p, &m, i), bar);
+            let note = l.notes.remove(&i);
+            let id = self.spawn(&mut l.running, i, upstream_records(&p, &m, i), bar, note);
             l.tasks.insert(id, i);
         }
     }
@@ -160,6 +164,7 @@ impl Driver {
         i: usize,
         upstream: HashMap<String, StageRecord>,
         bar: ProgressBar,
+        note: Option<String>,
     ) -> tokio::task::Id {
         let st = self.p.stages[i].clone();
         let span = tracing::info_span!(
@@ -184,7 +189,8 @@ impl Driver {
         running
             .spawn(tracing::Instrument::instrument(
                 async move {
-                    let r = run_stage(shared, st, upstream, writer, bar.clone(), leases).await;
+                    let r =
+                        run_stage(shared, st, upstream, writer, bar.clone(), leases, note).await;
                     bar.finish_and_clear();
                     (i, r)
                 },
@@ -273,9 +279,9 @@ impl Driver {
             let r = m.stages.get_mut(&producer).expect("record");
             *r = StageRecord::new(r.kind, StageStatus::Pending, r.fingerprint.clone());
             r.attempts = stale.attempts;
-            r.warnings.push(format!("recomputed: {why}"));
         })
         .await?;
+        l.notes.insert(j, format!("recomputed: {why}"));
         drop(w);
         // The changed output must not be reused by later runs either.
         let cache = manifest::cache_path(&producer, &stale.fingerprint);

@@ -435,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn columns_near_the_largest_float_are_standardised_without_overflow() {
+        let col = [1e308, -1e308, 1.0, 2.0, 3.0];
+        let (mean, scale) = mean_and_scale(&col).unwrap();
+        assert!(mean.is_finite() && scale.is_finite() && scale > 0.0);
+        for v in col {
+            assert!(standardised(v, mean, scale).is_finite(), "{v}");
+        }
+        // Ordinary columns keep the plain formula's bits.
+        let plain = [1.0, 2.0, 4.0];
+        let (m, s) = mean_and_scale(&plain).unwrap();
+        assert_eq!(m, 7.0 / 3.0);
+        assert_eq!(standardised(4.0, m, s), (4.0 - m) / s);
+        assert!(mean_and_scale(&[5.0, 5.0]).is_none());
+    }
+
+    #[test]
     fn linear_regression_matches_scikit_learn() {
         let m = Linear::fit_regression(&[&X1, &X2, &CAT], &Y_REG, &transform()).unwrap();
         assert_eq!(m.coefficients.len(), 4, "2 scaled + 2 indicator columns");

@@ -232,7 +232,7 @@ async fn register_model(
         if stale.load(Ordering::SeqCst) {
             continue;
         }
-        return decision(registry, m, base, &state, &changes);
+        return decision(registry, m, base, reject, &state, &changes);
     }
     Err(Error::storage(format!(
         "registry for `{m}`: production kept moving during registration; run `register` again"
@@ -325,6 +325,7 @@ fn decision(
     registry: &crate::registry::Registry,
     m: &str,
     base: &VersionDoc,
+    reject: &[String],
     state: &State,
     changes: &[Change],
 ) -> Result<Decision> {
@@ -346,18 +347,24 @@ fn decision(
             ))
         })?;
     let doc = &state.versions[&version];
+    // A re-evaluation that fails a gate or fairness rejects this run's model (the existing
+    // version keeps its status; the health check judges production).
+    let (status, reason) = match changes.iter().find_map(|c| match c {
+        Change::Evaluated { reason, .. } => Some(reason.clone()),
+        _ => None,
+    }) {
+        Some(evaluated) if !reject.is_empty() => (
+            Status::Rejected,
+            Some(format!("{}; {evaluated}", reject.join("; "))),
+        ),
+        Some(evaluated) => (doc.status, Some(evaluated)),
+        None => (doc.status, doc.reason.clone()),
+    };
     Ok(Decision {
         model_id: doc.model_id.clone(),
         version,
-        status: doc.status,
-        reason: if reevaluated {
-            changes.iter().find_map(|c| match c {
-                Change::Evaluated { reason, .. } => Some(reason.clone()),
-                _ => None,
-            })
-        } else {
-            doc.reason.clone()
-        },
+        status,
+        reason,
         production: state.production,
         registry: registry.store().url_of(&format!("{m}/v{version}.json")),
         reevaluated,

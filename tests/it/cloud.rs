@@ -413,7 +413,7 @@ fn two_runs_registering_at_once_on_s3_both_land() {
     let s3 = S3::start_moto();
     let p = Project::new(true);
     s3.upload_fixtures(&p);
-    // Two different seeds: two different sets of models to register, at the same time.
+    // Two different sets of models (other seeds, other bins) to register, at the same time.
     let spawn = |run: &str, seed: &str| {
         let mut c = Command::new(BIN);
         c.current_dir(p.dir.path())
@@ -427,6 +427,15 @@ fn two_runs_registering_at_once_on_s3_both_land() {
                 "json",
             ])
             .args(["--set", &format!("run.seed={seed}")])
+            .args(["engagement", "churn", "ltv"].iter().flat_map(|m| {
+                [
+                    "--set".to_string(),
+                    format!(
+                        "models.{m}.params.max_bins={}",
+                        253 + seed.parse::<u32>().unwrap()
+                    ),
+                ]
+            }))
             .env_remove("MLPIPE_PSEUDONYM_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -99,6 +99,9 @@ fn a_rejected_model_leaves_production_unchanged_and_rollback_restores_the_previo
         "--force",
         "--set",
         "models.engagement.gates=[\"r2 >= 0.999\"]",
+        // Another artifact than v1's (its unused decision threshold differs).
+        "--set",
+        "models.engagement.threshold=0.7",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v2 = version(&p, "engagement", 2);

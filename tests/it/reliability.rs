@@ -89,7 +89,11 @@ fn sigterm_mid_stage_is_recorded_and_the_resumed_run_equals_an_uninterrupted_one
             err.contains("resume it with `mlpipe run --run-id s`"),
             "{stage}: {err}"
         );
-        assert!(out.contains("INTERRUPTED (exit 143)"), "{stage}: {out}");
+        let first = out.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("INTERRUPTED") && first.contains("(exit 143)"),
+            "{stage}: {out}"
+        );
         let m = p.manifest("s");
         assert_eq!(m["status"], "interrupted", "{stage}");
         assert_eq!(m["stages"][stage]["status"], "interrupted", "{stage}: {m}");
@@ -270,7 +274,11 @@ fn huge_finite_values_are_standardised_or_refused_and_never_give_a_broken_model(
         "--set",
         "models.ltv.algorithm=\"linear\"",
         "--set",
+        "models.ltv.params={}",
+        "--set",
         "models.churn.algorithm=\"logistic\"",
+        "--set",
+        "models.churn.params={}",
     ]);
     let m = p.manifest("huge");
     for (stage, metric) in [("train_ltv", "r2"), ("train_churn", "auc")] {
