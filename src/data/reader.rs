@@ -502,17 +502,16 @@ pub async fn read_parquet(
     sha256: &str,
     size: u64,
 ) -> Result<RecordBatch> {
-    let bytes = store.get_verified(rel, sha256, size).await?;
     let url = store.url_of(rel);
-    tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(|| decode_parquet(bytes, &url)).unwrap_or_else(|_| {
-            Err(Error::Data(format!(
-                "{url} is not a readable Parquet file (the Parquet reader failed on it); re-run the stage that wrote it with --force"
-            )))
+    store
+        .read_verified(rel, sha256, size, move |bytes| {
+            std::panic::catch_unwind(|| decode_parquet(bytes, &url)).unwrap_or_else(|_| {
+                Err(Error::Data(format!(
+                    "{url} is not a readable Parquet file (the Parquet reader failed on it); re-run the stage that wrote it with --force"
+                )))
+            })
         })
-    })
-    .await
-    .map_err(|e| Error::Infra(format!("Parquet decoding task failed: {e}")))?
+        .await
 }
 
 /// Decodes a whole Parquet file held in memory into one batch.

@@ -53,6 +53,16 @@ pub struct ObjectInfo {
     pub last_modified: String,
 }
 
+/// An output that is not what its stage recorded.
+fn integrity(url: &str, rel: &str, what: String) -> Error {
+    Error::Integrity {
+        message: format!(
+            "{url} is not the file its stage wrote: {what}; it was changed or replaced after it was recorded"
+        ),
+        path: rel.to_string(),
+    }
+}
+
 /// What kind of storage failure an error is, from its type: `object_store`'s variant (which
 /// carries the HTTP status of a request: 403 is `PermissionDenied`, 404 `NotFound`, ...), else
 /// the transport failure (`HttpError`) found in its chain of sources.
@@ -280,19 +290,24 @@ impl Store {
     }
 
     /// Reads a whole object that must be `size` bytes with SHA-256 `sha256` (as a stage recorded
-    /// it), hashing the bytes as they arrive. A different size or digest is an
-    /// [`Error::Integrity`] naming the object; a missing one a data error.
+    /// it). A different size or digest is an [`Error::Integrity`] naming the object; a missing
+    /// one a data error.
     pub async fn get_verified(&self, rel: &str, sha256: &str, size: u64) -> Result<Bytes> {
+        self.read_verified(rel, sha256, size, Ok).await
+    }
+
+    /// [`Store::get_verified`], then `decode` of the bytes, on a blocking thread. Each byte is
+    /// hashed once: a local file, read in one call, is hashed while `decode` runs on another
+    /// thread; an object from the network is hashed piece by piece as it arrives.
+    pub async fn read_verified<T: Send + 'static>(
+        &self,
+        rel: &str,
+        sha256: &str,
+        size: u64,
+        decode: impl FnOnce(Bytes) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         use sha2::{Digest, Sha256};
         let url = self.url_of(rel);
-        let mismatch = |what: String| {
-            Error::Integrity {
-            message: format!(
-                "{url} is not the file its stage wrote: {what}; it was changed or replaced after it was recorded"
-            ),
-            path: rel.to_string(),
-        }
-        };
         let res = self.inner.get(&self.path(rel)).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => Error::Data(format!(
                 "{url} does not exist, though its stage recorded it; re-run that stage with --force"
@@ -300,27 +315,51 @@ impl Store {
             e => fail("read", &url, e),
         })?;
         if res.meta.size != size {
-            return Err(mismatch(format!(
-                "{} bytes, recorded {size}",
-                res.meta.size
-            )));
+            let what = format!("{} bytes, recorded {size}", res.meta.size);
+            return Err(integrity(&url, rel, what));
         }
-        let mut stream = res.into_stream();
-        let mut buf = bytes::BytesMut::with_capacity(size as usize);
-        let mut h = Sha256::new();
-        while let Some(chunk) = stream.try_next().await.map_err(|e| fail("read", &url, e))? {
-            h.update(&chunk);
-            buf.extend_from_slice(&chunk);
-        }
-        let got = hex::encode(h.finalize());
-        if buf.len() as u64 != size || got != sha256 {
-            return Err(mismatch(format!(
+        let blocking = |f: Box<dyn FnOnce() -> (String, Result<T>) + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| Error::Infra(format!("reading {url}: a task failed: {e}")))
+        };
+        let (got, decoded) = match res.payload {
+            object_store::GetResultPayload::File(..) => {
+                // Streaming a local file hops to a blocking thread every 8 KiB.
+                let bytes = res
+                    .bytes()
+                    .await
+                    .map_err(|e| fail("read", &self.url_of(rel), e))?;
+                blocking(Box::new(move || {
+                    let b = bytes.clone();
+                    rayon::join(|| hex::encode(Sha256::digest(&b)), || decode(bytes))
+                }))
+                .await?
+            }
+            object_store::GetResultPayload::Stream(mut stream) => {
+                let mut buf = bytes::BytesMut::with_capacity(size as usize);
+                let mut h = Sha256::new();
+                while let Some(chunk) = stream
+                    .try_next()
+                    .await
+                    .map_err(|e| fail("read", &self.url_of(rel), e))?
+                {
+                    h.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                }
+                let (got, bytes) = (hex::encode(h.finalize()), buf.freeze());
+                blocking(Box::new(move || (got, decode(bytes)))).await?
+            }
+        };
+        if got != sha256 {
+            let what = format!(
                 "SHA-256 {}…, recorded {}…",
                 &got[..12],
                 &sha256[..12.min(sha256.len())]
-            )));
+            );
+            return Err(integrity(&self.url_of(rel), rel, what));
         }
-        Ok(buf.freeze())
+        decoded
     }
 
     /// Reads an object, or `None` when it does not exist.

@@ -298,6 +298,19 @@ fn deployment_files_lint_and_hold_together() {
         names.contains(&"mlpipe"),
         "the container the Step Functions export names"
     );
+    // ECS waits `stopTimeout` after SIGTERM before it kills the container: the pipeline's
+    // shutdown grace, and the time to record the run after it, must fit inside.
+    let mlpipe = containers.iter().find(|c| c["name"] == "mlpipe").unwrap();
+    let stop_timeout = mlpipe["stopTimeout"].as_u64().expect("stopTimeout is set");
+    let pipeline: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo.join("pipelines/engagement.toml")).unwrap())
+            .unwrap();
+    let grace =
+        mlpipe::time::parse_duration(pipeline["run"]["shutdown_grace"].as_str().unwrap()).unwrap();
+    assert!(
+        grace.as_secs() + 5 <= stop_timeout,
+        "shutdown grace {grace:?} does not fit in stopTimeout {stop_timeout} s"
+    );
     for c in containers {
         let log = &c["logConfiguration"];
         assert_eq!(log["logDriver"], "awslogs", "{}", c["name"]);
