@@ -108,7 +108,7 @@ pub(super) fn train_binned_with(
 mod tests {
     use super::*;
     use crate::model::gbdt::params::Params;
-    use crate::model::gbdt::testutil::data;
+    use crate::model::gbdt::testutil::{assert_same_trees, data};
 
     #[test]
     fn fits_a_nonlinear_function_and_is_deterministic() {
@@ -219,16 +219,7 @@ mod tests {
         ] {
             let m = train(&[&a, &b], &y, objective, &p);
             let s = train(&[&sa, &sb], &sy, objective, &p);
-            for (t, u) in m.trees.iter().zip(&s.trees) {
-                assert_eq!(
-                    (&t.feature, &t.threshold, &t.left, &t.right),
-                    (&u.feature, &u.threshold, &u.left, &u.right),
-                    "{objective:?}"
-                );
-                for (v, w) in t.value.iter().zip(&u.value) {
-                    assert!((v - w).abs() <= 1e-12 * v.abs().max(1.0), "{v} vs {w}");
-                }
-            }
+            assert_same_trees(&m, &s, &format!("{objective:?}"));
         }
     }
 }

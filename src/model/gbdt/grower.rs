@@ -307,6 +307,7 @@ mod tests {
     use crate::model::gbdt::bin::{bin_columns, reorder_columns, row_order};
     use crate::model::gbdt::boosting::train_binned;
     use crate::model::gbdt::objective::Objective;
+    use crate::model::gbdt::testutil::assert_same_trees;
     #[test]
     fn ordered_leaves_grow_the_trees_that_moved_rows_grow() {
         // The same binned rows with and without their sort keys: without them every split moves
@@ -353,16 +354,7 @@ mod tests {
             assert!(binned.sorted_by(0, run, keys[1]));
             assert!(!binned.sorted_by(0, n, keys[1]));
             let kept = train_binned(binned, &y, objective, &p);
-            for (t, u) in moved.trees.iter().zip(&kept.trees) {
-                assert_eq!(
-                    (&t.feature, &t.threshold, &t.left, &t.right),
-                    (&u.feature, &u.threshold, &u.left, &u.right),
-                    "{objective:?}"
-                );
-                for (v, w) in t.value.iter().zip(&u.value) {
-                    assert!((v - w).abs() <= 1e-12 * v.abs().max(1.0), "{v} vs {w}");
-                }
-            }
+            assert_same_trees(&moved, &kept, &format!("{objective:?}"));
         }
     }
 

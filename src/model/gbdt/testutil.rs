@@ -36,3 +36,21 @@ pub(super) fn data(n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 pub(super) fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= 1e-12 * want.abs().max(1.0)
 }
+
+/// The boosters have the same trees: the same splits, leaf values equal up to the order in which
+/// each bin's sums were added.
+pub(super) fn assert_same_trees(a: &super::Booster, b: &super::Booster, case: &str) {
+    for (t, u) in a.trees.iter().zip(&b.trees) {
+        assert_eq!(
+            (&t.feature, &t.threshold, &t.left, &t.right),
+            (&u.feature, &u.threshold, &u.left, &u.right),
+            "{case}"
+        );
+        for (v, w) in t.value.iter().zip(&u.value) {
+            assert!(
+                (v - w).abs() <= 1e-12 * v.abs().max(1.0),
+                "{case}: {v} vs {w}"
+            );
+        }
+    }
+}
