@@ -2,6 +2,8 @@
 //! [`forest`] baselines, the fitted feature [`transform`] each model carries, and the
 //! [`Artifact`] written by a train stage and loaded back for scoring.
 
+pub mod calibration;
+pub mod estimate;
 pub mod forest;
 pub mod gbdt;
 pub mod linear;

@@ -1,0 +1,261 @@
+//! Confidence-based performance estimation (NannyML's CBPE) for binary models. With calibrated
+//! probabilities `p`, a row predicted positive is a true positive with probability `p` and a
+//! false positive with `1 − p`; the sums over the scored rows are the expected confusion
+//! matrix, from which precision, recall and F1 follow, and the expected ROC curve from the same
+//! sums over the rows in decreasing order of probability. The sampling errors come from the
+//! holdout (NannyML's `sampling_error/binary_classification.py`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Estimate, Estimates};
+use crate::metrics::Metric;
+
+/// A metric's sampling-error components from the holdout: the standard deviation of its
+/// observation-level values and the share of rows that carry them; the error for `n` rows is
+/// `std / sqrt(n × share)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub std: f64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub share: f64,
+}
+
+impl Component {
+    fn error(&self, n: usize) -> f64 {
+        self.std / (n as f64 * self.share).sqrt()
+    }
+}
+
+/// What CBPE keeps from the holdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub threshold: f64,
+    pub roc_auc: Component,
+    pub precision: Component,
+    pub recall: Component,
+    pub f1: Component,
+}
+
+/// Population standard deviation (`np.std`).
+fn std(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt()
+}
+
+impl Reference {
+    /// The sampling-error components of the holdout's outcomes `y` and (calibrated)
+    /// probabilities `p`, with decisions at `threshold`.
+    pub fn fit(y: &[bool], p: &[f64], threshold: f64) -> Reference {
+        let n = y.len() as f64;
+        let pred: Vec<bool> = p.iter().map(|v| *v >= threshold).collect();
+        let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
+        for (t, d) in y.iter().zip(&pred) {
+            match (t, d) {
+                (true, true) => tp += 1,
+                (false, true) => fp += 1,
+                (true, false) => fn_ += 1,
+                _ => {}
+            }
+        }
+        let ones_zeros = |ones: usize, zeros: usize| {
+            let mut v = vec![1.0; ones];
+            v.resize(ones + zeros, 0.0);
+            v
+        };
+        let f1 = {
+            let mut v = ones_zeros(tp, fn_ + fp);
+            let factor = v.len() as f64 / ((fn_ + fp) as f64 * 0.5 + tp as f64);
+            v.iter_mut().for_each(|x| *x *= factor);
+            Component {
+                std: std(&v),
+                share: v.len() as f64 / n,
+            }
+        };
+        Reference {
+            threshold,
+            roc_auc: auc_component(y, p),
+            precision: Component {
+                std: std(&ones_zeros(tp, fp)),
+                share: (tp + fp) as f64 / n,
+            },
+            recall: Component {
+                std: std(&ones_zeros(tp, fn_)),
+                share: y.iter().filter(|t| **t).count() as f64 / n,
+            },
+            f1,
+        }
+    }
+
+    /// The estimates for scored rows with (calibrated) probabilities `p`.
+    pub fn estimate(&self, p: &[f64]) -> Estimates {
+        let n = p.len();
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for &q in p {
+            if q >= self.threshold {
+                tp += q;
+                fp += 1.0 - q;
+            } else {
+                fn_ += q;
+            }
+        }
+        let ratio = |a: f64, b: f64| if b != 0.0 { a / b } else { 0.0 };
+        let mut out = Estimates::new();
+        let mut put = |m: Metric, value: f64, c: &Component| {
+            out.insert(m, Estimate::banded(value, c.error(n), 0.0, 1.0));
+        };
+        put(Metric::Auc, expected_roc_auc(p), &self.roc_auc);
+        put(Metric::Precision, ratio(tp, tp + fp), &self.precision);
+        put(Metric::Recall, ratio(tp, tp + fn_), &self.recall);
+        put(Metric::F1, ratio(tp, tp + 0.5 * (fp + fn_)), &self.f1);
+        out
+    }
+}
+
+/// The ROC AUC's components (NannyML's `auroc_sampling_error_components`): the AUC as a
+/// Mann–Whitney statistic, each positive's share of the negatives ranked below it.
+fn auc_component(y: &[bool], p: &[f64]) -> Component {
+    let flip = y.iter().filter(|t| **t).count() * 2 > y.len();
+    let (y, p): (Vec<bool>, Vec<f64>) = if flip {
+        (
+            y.iter().map(|t| !t).collect(),
+            p.iter().map(|q| 1.0 - q).collect(),
+        )
+    } else {
+        (y.to_vec(), p.to_vec())
+    };
+    let mut order: Vec<usize> = (0..y.len()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let n_pos = y.iter().filter(|t| **t).count();
+    let n_neg = y.len() - n_pos;
+    // The ranks of the positives; NannyML drops rank 0 with the negatives' zeros.
+    let ranks: Vec<usize> = order
+        .iter()
+        .enumerate()
+        .filter(|&(rank, &r)| y[r] && rank > 0)
+        .map(|(rank, _)| rank)
+        .collect();
+    let shares: Vec<f64> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, rank)| (rank - i) as f64 / n_neg as f64)
+        .collect();
+    Component {
+        std: std(&shares),
+        share: n_pos as f64 / y.len() as f64,
+    }
+}
+
+/// NannyML's `estimate_roc_auc`: the rows in decreasing order of probability, the expected true
+/// and false positives summed along them (rounded to five decimals, as NannyML does), their
+/// rates' trapezoid area.
+pub fn expected_roc_auc(p: &[f64]) -> f64 {
+    let mut q = p.to_vec();
+    crate::stats::sort_f64(&mut q);
+    q.reverse();
+    let round5 = |v: f64| (v * 1e5).round_ties_even() / 1e5;
+    let (mut tps, mut fps) = (
+        Vec::with_capacity(q.len() + 1),
+        Vec::with_capacity(q.len() + 1),
+    );
+    tps.push(0.0);
+    fps.push(0.0);
+    let mut cum = 0.0;
+    for (i, v) in q.iter().enumerate() {
+        cum += v;
+        tps.push(round5(cum));
+        fps.push(round5((1 + i) as f64 - cum));
+    }
+    let (tp_all, fp_all) = (*tps.last().unwrap(), *fps.last().unwrap());
+    let mut area = 0.0;
+    for i in 1..tps.len() {
+        let dx = fps[i] / fp_all - fps[i - 1] / fp_all;
+        area += dx * (tps[i] / tp_all + tps[i - 1] / tp_all) / 2.0;
+    }
+    area
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::calibration::tests::Lcg;
+
+    /// `cbpe_dle.py`'s `binary`: probabilities and outcomes drawn from them.
+    fn binary(seed: u64, n: usize, shift: f64) -> (Vec<f64>, Vec<bool>) {
+        let mut g = Lcg::new(seed);
+        let mut p = Vec::with_capacity(n);
+        for _ in 0..n {
+            let a = g.next();
+            let b = g.next();
+            p.push((a * (1.0 - shift) + shift * b * b).clamp(1e-6, 1.0 - 1e-6));
+        }
+        let y = p.iter().map(|q| g.next() < *q).collect();
+        (p, y)
+    }
+
+    /// `scripts/reference/cbpe_dle.py`, NannyML 0.13.1 `CBPE(..., chunk_number=1,
+    /// calibrator=NoopCalibrator())` on the same data.
+    #[test]
+    fn cbpe_matches_nannyml() {
+        let (p_ref, y_ref) = binary(7, 3000, 0.0);
+        let (p_ana, _) = binary(11, 2000, 0.3);
+        let r = Reference::fit(&y_ref, &p_ref, 0.5);
+        let e = r.estimate(&p_ana);
+        let want = [
+            (
+                Metric::Auc,
+                [
+                    0.7538108156967929,
+                    0.006139076276122181,
+                    0.7722280445251594,
+                    0.7353935868684264,
+                ],
+            ),
+            (
+                Metric::Precision,
+                [
+                    0.660391348500132,
+                    0.013709329423110919,
+                    0.7015193367694648,
+                    0.6192633602307993,
+                ],
+            ),
+            (
+                Metric::Recall,
+                [
+                    0.6219399440457491,
+                    0.013813212939788726,
+                    0.6633795828651153,
+                    0.580500305226383,
+                ],
+            ),
+            (
+                Metric::F1,
+                [
+                    0.6405891530870107,
+                    0.01745256986276447,
+                    0.6929468626753041,
+                    0.5882314434987173,
+                ],
+            ),
+        ];
+        for (m, [value, se, upper, lower]) in want {
+            let got = e[&m];
+            for (g, w, what) in [
+                (got.value, value, "value"),
+                (got.sampling_error, se, "sampling error"),
+                (got.upper, upper, "upper"),
+                (got.lower, lower, "lower"),
+            ] {
+                assert!(
+                    (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                    "{m} {what}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Direct loss estimation (NannyML's DLE) for regression models: two boosters fitted on the
+//! holdout predict each row's absolute and squared error from its features and the model's
+//! prediction; on scored rows, the mean of the predicted absolute errors estimates the MAE and
+//! the root of the mean predicted squared error the RMSE (negative predictions clipped to 0).
+//! NannyML's inner model is LightGBM's regressor with its defaults; ours is this crate's booster
+//! with the same defaults (100 trees), so the estimates agree within the sampling error, not
+//! to the digit. The sampling errors come from the holdout's errors (NannyML's
+//! `sampling_error/regression.py`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Estimate, Estimates};
+use crate::metrics::Metric;
+use crate::model::gbdt::{self, Booster, Objective};
+
+/// What DLE keeps from the holdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dle {
+    /// Predicts a row's absolute error from its features and the model's prediction.
+    pub absolute_error: Booster,
+    /// Predicts a row's squared error.
+    pub squared_error: Booster,
+    /// Of the holdout's absolute errors: their standard deviation.
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub absolute_error_std: f64,
+    /// Of the holdout's squared errors: their standard deviation and mean.
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub squared_error_std: f64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub squared_error_mean: f64,
+}
+
+/// The loss boosters' parameters: LightGBM's regressor defaults (NannyML's inner model).
+fn params() -> gbdt::Checked {
+    gbdt::Params {
+        n_trees: 100,
+        ..Default::default()
+    }
+    .check()
+    .expect("the defaults are valid")
+}
+
+/// Population standard deviation and mean.
+fn std_mean(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (var.sqrt(), mean)
+}
+
+impl Dle {
+    /// Fits on the holdout: its features (`x[feature][row]`, the model's transform), targets
+    /// `y` and the model's predictions `pred`.
+    pub fn fit(x: &[&[f64]], y: &[f64], pred: &[f64]) -> Dle {
+        let abs: Vec<f64> = y.iter().zip(pred).map(|(a, b)| (a - b).abs()).collect();
+        let sq: Vec<f64> = y.iter().zip(pred).map(|(a, b)| (a - b) * (a - b)).collect();
+        let mut inputs: Vec<&[f64]> = x.to_vec();
+        inputs.push(pred);
+        let p = params();
+        let (absolute_error, squared_error) = rayon::join(
+            || gbdt::train(&inputs, &abs, Objective::SquaredError, &p),
+            || gbdt::train(&inputs, &sq, Objective::SquaredError, &p),
+        );
+        let (absolute_error_std, _) = std_mean(&abs);
+        let (squared_error_std, squared_error_mean) = std_mean(&sq);
+        Dle {
+            absolute_error,
+            squared_error,
+            absolute_error_std,
+            squared_error_std,
+            squared_error_mean,
+        }
+    }
+
+    /// The predicted absolute and squared errors of rows (features and predictions), clipped
+    /// at 0, summed: to add up over chunks of rows.
+    pub fn loss_sums(&self, x: &[&[f64]], pred: &[f64]) -> [f64; 2] {
+        let mut inputs: Vec<&[f64]> = x.to_vec();
+        inputs.push(pred);
+        let sum = |b: &Booster| b.predict(&inputs).iter().map(|v| v.max(0.0)).sum::<f64>();
+        [sum(&self.absolute_error), sum(&self.squared_error)]
+    }
+
+    /// The estimates for `n` scored rows whose [`Dle::loss_sums`] are `sums`.
+    pub fn estimate(&self, sums: [f64; 2], n: usize) -> Estimates {
+        let nf = n as f64;
+        let mut out = Estimates::new();
+        let mae_se = self.absolute_error_std / nf.sqrt();
+        out.insert(
+            Metric::Mae,
+            Estimate::banded(sums[0] / nf, mae_se, 0.0, f64::INFINITY),
+        );
+        let rmse_se =
+            (self.squared_error_std.powi(2) / (4.0 * nf * self.squared_error_mean)).sqrt();
+        out.insert(
+            Metric::Rmse,
+            Estimate::banded((sums[1] / nf).sqrt(), rmse_se, 0.0, f64::INFINITY),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::calibration::tests::Lcg;
+
+    /// `cbpe_dle.py`'s `regression`: two features, a target and a fixed prediction of them.
+    fn regression(seed: u64, n: usize, shift: f64) -> [Vec<f64>; 4] {
+        let mut g = Lcg::new(seed);
+        let mut cols: [Vec<f64>; 4] = Default::default();
+        for _ in 0..n {
+            let a = g.next() * 4.0 - 2.0 + shift;
+            let b = g.next();
+            let noise = (g.next() - 0.5) * (0.5 + a.abs());
+            for (c, v) in cols
+                .iter_mut()
+                .zip([a, b, a * a + b + noise, a * a + 0.8 * b])
+            {
+                c.push(v);
+            }
+        }
+        cols
+    }
+
+    /// NannyML 0.13.1's DLE on the same data (`scripts/reference/cbpe_dle.py`): its inner model
+    /// is LightGBM, so ours must land within its band (three sampling errors), and our
+    /// sampling errors, which depend on the holdout alone, equal its.
+    #[test]
+    fn dle_lands_within_nannymls_band() {
+        let [a, b, y, pred] = regression(3, 3000, 0.0);
+        let d = Dle::fit(&[&a, &b], &y, &pred);
+        let [a2, b2, _, pred2] = regression(5, 2000, 0.5);
+        let e = d.estimate(d.loss_sums(&[&a2, &b2], &pred2), pred2.len());
+        let want = [
+            (
+                Metric::Mae,
+                [
+                    0.3946561578073974,
+                    0.006343196241840521,
+                    0.41368574653291895,
+                    0.3756265690818758,
+                ],
+            ),
+            (
+                Metric::Rmse,
+                [
+                    0.501036711598857,
+                    0.006885537882766782,
+                    0.5216933252471574,
+                    0.48038009795055664,
+                ],
+            ),
+        ];
+        for (m, [_, se, upper, lower]) in want {
+            let got = e[&m];
+            assert!(
+                got.value >= lower && got.value <= upper,
+                "{m}: {got:?} outside [{lower}, {upper}]"
+            );
+            assert!(
+                (got.sampling_error - se).abs() <= 1e-9 * se,
+                "{m}: {} vs {se}",
+                got.sampling_error
+            );
+        }
+    }
+}
