@@ -209,6 +209,8 @@ struct Cols {
     engagement_score: Vec<f64>,
     churned: Vec<bool>,
     ltv_12m: Vec<f64>,
+    /// The true churn probability `churned` was drawn from (not written).
+    churn_p: Vec<f64>,
 }
 
 impl Cols {
@@ -238,7 +240,8 @@ impl Cols {
             updated_offset_s,
             engagement_score,
             churned,
-            ltv_12m
+            ltv_12m,
+            churn_p
         );
     }
 
@@ -265,13 +268,22 @@ impl Cols {
             updated_offset_s
         );
         if labelled {
-            cp!(engagement_score, churned, ltv_12m);
+            cp!(engagement_score, churned, ltv_12m, churn_p);
         }
     }
 }
 
-/// Generates rows `start..start+n` of a dataset with one RNG stream per chunk.
-fn gen_chunk(seed: u64, stream: u64, start: usize, n: usize, labelled: bool, drift: f64) -> Cols {
+/// Generates rows `start..start+n` of a dataset with one RNG stream per chunk. `concept` (0..1)
+/// moves the targets towards another relation with the same features (see [`concept_shift`]).
+fn gen_chunk(
+    seed: u64,
+    stream: u64,
+    start: usize,
+    n: usize,
+    labelled: bool,
+    drift: f64,
+    concept: f64,
+) -> Cols {
     let mut rng = Rng::new(
         seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)
             ^ (start as u64).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
@@ -335,11 +347,14 @@ fn gen_chunk(seed: u64, stream: u64, start: usize, n: usize, labelled: bool, dri
             let z_minutes = (minutes - 14.0) / 5.0;
             let z_email = (email - 0.4) / 0.15;
             let premium = if plan_i >= 2 { 1.0 } else { 0.0 };
-            let f = 0.38 * z_sessions + 0.28 * z_features - 0.30 * z_days
+            let mut f = 0.38 * z_sessions + 0.28 * z_features - 0.30 * z_days
                 + 0.12 * z_minutes
                 + 0.10 * z_email
                 + 0.25 * premium * z_features.max(0.0)
                 - 0.35 * f64::from(days > 30);
+            if concept > 0.0 {
+                f = concept_shift(f, concept, z_sessions, z_features, z_days, z_email);
+            }
             c.engagement_score
                 .push(round_to(sigmoid(0.9 * f + 0.42 * rng.normal()), 4));
             let young = c.age[r].is_some_and(|x| x < 25);
@@ -350,6 +365,7 @@ fn gen_chunk(seed: u64, stream: u64, start: usize, n: usize, labelled: bool, dri
                 - 0.015 * (c.tenure_months[r] as f64 - 26.0)
                 + 0.35 * f64::from(plan_i == 0);
             let p = sigmoid(logit);
+            c.churn_p.push(p);
             c.churned.push(rng.uniform() < p);
             let ltv = spend * 12.0 * (1.0 - p).powf(1.5) * (0.25 * rng.normal()).exp();
             c.ltv_12m.push(round_to(ltv.max(0.0), 2));
@@ -358,7 +374,34 @@ fn gen_chunk(seed: u64, stream: u64, start: usize, n: usize, labelled: bool, dri
     c
 }
 
+/// The engagement factor after a concept change of strength `concept`: the same features, read
+/// another way. Heavy use no longer means engaged (customers automate, or a competitor's
+/// integration drives sessions); email opens and logging in recently now do. Every target
+/// follows the factor, so all three models, trained before, go wrong together.
+fn concept_shift(
+    f: f64,
+    concept: f64,
+    z_sessions: f64,
+    z_features: f64,
+    z_days: f64,
+    z_email: f64,
+) -> f64 {
+    let new = -0.30 * z_sessions - 0.25 * z_features - 0.40 * z_days + 0.45 * z_email;
+    (1.0 - concept) * f + concept * new
+}
+
 fn gen_dataset(seed: u64, stream: u64, rows: usize, labelled: bool, drift: f64) -> Cols {
+    gen_dataset_with(seed, stream, rows, labelled, drift, 0.0)
+}
+
+fn gen_dataset_with(
+    seed: u64,
+    stream: u64,
+    rows: usize,
+    labelled: bool,
+    drift: f64,
+    concept: f64,
+) -> Cols {
     let chunks: Vec<usize> = (0..rows).step_by(CHUNK).collect();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -382,6 +425,7 @@ fn gen_dataset(seed: u64, stream: u64, rows: usize, labelled: bool, drift: f64) 
                                     CHUNK.min(rows - chunks[k]),
                                     labelled,
                                     drift,
+                                    concept,
                                 ),
                             )
                         })
@@ -656,11 +700,22 @@ async fn write(
     labelled: bool,
     o: &Options,
 ) -> Result<Vec<String>> {
+    write_at(store, name, c, labelled, o, o.as_of).await
+}
+
+async fn write_at(
+    store: &Store,
+    name: &str,
+    c: &Cols,
+    labelled: bool,
+    o: &Options,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<String>> {
     let mut files = Vec::new();
     let per = o.rows_per_file.max(1);
     for (k, start) in (0..c.len().max(1)).step_by(per).enumerate() {
         let end = (start + per).min(c.len());
-        let b = batch(c, start..end, labelled, o.as_of);
+        let b = batch(c, start..end, labelled, as_of);
         let bytes = crate::data::writer::to_parquet(&[b])?;
         let rel = format!("{name}/part-{k:05}.parquet");
         store.put(&rel, bytes).await?;
@@ -729,6 +784,240 @@ pub async fn generate(o: &Options) -> Result<Summary> {
     Ok(summary)
 }
 
+// ---------------------------------------------------------------------------------------------
+// The monthly story
+
+/// A sequence of monthly snapshots: a labelled training snapshot, then each month the customers
+/// to score and the outcomes of those scored the month before.
+#[derive(Debug, Clone)]
+pub struct Story {
+    pub months: usize,
+    /// From this month (1-based), the same features predict the targets differently.
+    pub concept_change: Option<usize>,
+    /// The covariate shift added each month (the `drift` of month m is `(m − 1) ×` this).
+    pub shift_per_month: f64,
+}
+
+/// Each month's outcomes leave out this share of the customers scored the month before (not
+/// observed yet) ...
+const UNOBSERVED_EVERY: usize = 25;
+/// ... and add this many keys per thousand that were never scored.
+const UNKNOWN_PER_THOUSAND: usize = 10;
+
+/// The snapshot time of month `m` (1-based): `as_of`, then one calendar month later each month.
+pub fn month_as_of(as_of: DateTime<Utc>, m: usize) -> DateTime<Utc> {
+    as_of + chrono::Months::new((m - 1) as u32)
+}
+
+/// What `truth.json` says of one month.
+#[derive(Debug, Serialize)]
+pub struct MonthTruth {
+    pub month: usize,
+    pub as_of: String,
+    /// The customers to score this month.
+    pub current: String,
+    pub covariate_shift: f64,
+    pub concept_changed: bool,
+    /// The outcomes that arrive this month: those of the customers scored last month.
+    pub outcomes: Option<OutcomesTruth>,
+}
+
+/// The outcomes file of one month.
+#[derive(Debug, Serialize)]
+pub struct OutcomesTruth {
+    pub location: String,
+    /// The month whose scored customers these are.
+    pub cohort_month: usize,
+    pub observed_at: String,
+    /// Rows in the file: the cohort's customers observed, and keys never scored.
+    pub rows: usize,
+    pub observed: usize,
+    pub unknown_keys: usize,
+    /// Over the observed customers of the cohort.
+    pub churn_rate: f64,
+    pub mean_engagement_score: f64,
+    pub mean_ltv_12m: f64,
+    /// ROC AUC of the true churn probability: what a model that knew the relation in force
+    /// would realize (a concept change does not lower it; a stale model falls below it).
+    pub oracle_churn_auc: f64,
+}
+
+/// What `generate --months` wrote.
+#[derive(Debug, Serialize)]
+pub struct StorySummary {
+    #[serde(skip)]
+    pub out: String,
+    pub seed: u64,
+    pub rows: usize,
+    pub shift_per_month: f64,
+    pub concept_change_month: Option<usize>,
+    pub training: String,
+    pub months: Vec<MonthTruth>,
+}
+
+/// The outcomes of a labelled month's customers as observed at `observed_at`: all but every
+/// [`UNOBSERVED_EVERY`]th customer, then [`UNKNOWN_PER_THOUSAND`] keys per thousand that were
+/// never scored (with a scored customer's values).
+fn outcomes_batch(
+    c: &Cols,
+    seed: u64,
+    observed_at: DateTime<Utc>,
+) -> (RecordBatch, usize, Vec<usize>) {
+    let observed: Vec<usize> = (0..c.len()).filter(|i| i % UNOBSERVED_EVERY != 7).collect();
+    let unknown = c.len() * UNKNOWN_PER_THOUSAND / 1000;
+    let mut ids: Vec<String> = observed.iter().map(|&i| c.customer_id[i].clone()).collect();
+    let mut rows = observed.clone();
+    for j in 0..unknown {
+        // Ids of another seed's population: never scored here.
+        ids.push(format!("U{}", customer_id(j as u64, seed ^ 0x5EED_0F_0DD)));
+        rows.push(j % c.len().max(1));
+    }
+    let n = ids.len();
+    let at = observed_at.timestamp_micros();
+    let b = RecordBatch::try_from_iter(vec![
+        ("customer_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        (
+            "observed_at",
+            Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")) as ArrayRef,
+        ),
+        (
+            "churned",
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|&r| c.churned[r]).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "ltv_12m",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|&r| c.ltv_12m[r]).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "engagement_score",
+            Arc::new(Float64Array::from(
+                rows.iter()
+                    .map(|&r| c.engagement_score[r])
+                    .collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+    ])
+    .expect("outcome columns match");
+    (b, unknown, observed)
+}
+
+/// Writes the monthly story under `o.out`: `customers/` (the labelled training snapshot, as of
+/// month 1), and per month `month-MM/current/` and, from month 2, `month-MM/outcomes/`, with
+/// `truth.json`.
+pub async fn generate_story(o: &Options, story: &Story) -> Result<StorySummary> {
+    if o.rows == 0 {
+        return Err(Error::Usage("--rows must be at least 1".into()));
+    }
+    if story.months < 2 {
+        return Err(Error::Usage(format!(
+            "--months {} tells no story; give at least 2 (outcomes arrive a month after scoring)",
+            story.months
+        )));
+    }
+    if let Some(k) = story.concept_change {
+        if k == 0 || k > story.months {
+            return Err(Error::Usage(format!(
+                "--concept-change {k} is not one of the months 1..{}",
+                story.months
+            )));
+        }
+    }
+    if !(0.0..=1.0).contains(&story.shift_per_month) {
+        return Err(Error::Usage(format!(
+            "--shift-per-month {} is outside 0..1",
+            story.shift_per_month
+        )));
+    }
+    let store = Store::open(&o.out)?;
+    let (seed, rows) = (o.seed, o.rows);
+    let training = tokio::task::spawn_blocking(move || gen_dataset(seed, 1, rows, true, 0.0))
+        .await
+        .map_err(|e| Error::Infra(format!("generator failed: {e}")))?;
+    write_at(
+        &store,
+        "customers",
+        &training,
+        true,
+        o,
+        month_as_of(o.as_of, 1),
+    )
+    .await?;
+    let mut months = Vec::new();
+    let mut previous: Option<(usize, Cols)> = None;
+    for m in 1..=story.months {
+        let as_of = month_as_of(o.as_of, m);
+        let drift = story.shift_per_month * (m - 1) as f64;
+        let concept = match story.concept_change {
+            Some(k) if m >= k => 1.0,
+            _ => 0.0,
+        };
+        let stream = 100 + m as u64;
+        let cols = tokio::task::spawn_blocking(move || {
+            gen_dataset_with(seed, stream, rows, true, drift, concept)
+        })
+        .await
+        .map_err(|e| Error::Infra(format!("generator failed: {e}")))?;
+        let dir = format!("month-{m:02}");
+        write_at(&store, &format!("{dir}/current"), &cols, false, o, as_of).await?;
+        let outcomes = match previous.take() {
+            None => None,
+            Some((pm, pc)) => {
+                // Observed an hour before this month's snapshot.
+                let observed_at = as_of - chrono::Duration::hours(1);
+                let (b, unknown, observed) = outcomes_batch(&pc, seed, observed_at);
+                let location = format!("{dir}/outcomes");
+                let bytes = crate::data::writer::to_parquet(&[b.clone()])?;
+                store
+                    .put(&format!("{location}/part-00000.parquet"), bytes)
+                    .await?;
+                let k = observed.len() as f64;
+                let yb: Vec<bool> = observed.iter().map(|&i| pc.churned[i]).collect();
+                let po: Vec<f64> = observed.iter().map(|&i| pc.churn_p[i]).collect();
+                Some(OutcomesTruth {
+                    location: format!("{location}/"),
+                    cohort_month: pm,
+                    observed_at: observed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    rows: b.num_rows(),
+                    observed: observed.len(),
+                    unknown_keys: unknown,
+                    churn_rate: yb.iter().filter(|x| **x).count() as f64 / k,
+                    mean_engagement_score: observed
+                        .iter()
+                        .map(|&i| pc.engagement_score[i])
+                        .sum::<f64>()
+                        / k,
+                    mean_ltv_12m: observed.iter().map(|&i| pc.ltv_12m[i]).sum::<f64>() / k,
+                    oracle_churn_auc: crate::metrics::roc_auc(&yb, &po).unwrap_or(f64::NAN),
+                })
+            }
+        };
+        months.push(MonthTruth {
+            month: m,
+            as_of: as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            current: format!("{dir}/current/"),
+            covariate_shift: drift,
+            concept_changed: concept > 0.0,
+            outcomes,
+        });
+        previous = Some((m, cols));
+    }
+    let summary = StorySummary {
+        out: store.url().to_string(),
+        seed: o.seed,
+        rows: o.rows,
+        shift_per_month: story.shift_per_month,
+        concept_change_month: story.concept_change,
+        training: "customers/".into(),
+        months,
+    };
+    store.put_json("truth.json", &summary).await?;
+    Ok(summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,7 +1039,7 @@ mod tests {
     #[test]
     fn chunks_do_not_depend_on_thread_count() {
         let a = gen_dataset(5, 1, CHUNK + 10, true, 0.0);
-        let b = gen_chunk(5, 1, CHUNK, 10, true, 0.0);
+        let b = gen_chunk(5, 1, CHUNK, 10, true, 0.0, 0.0);
         assert_eq!(a.customer_id[CHUNK..], b.customer_id[..]);
         assert_eq!(a.ltv_12m[CHUNK..], b.ltv_12m[..]);
     }

@@ -7,6 +7,7 @@
 //! and [`generate`] (domain logic), [`stages`] (the stage kinds), [`engine`] (planning and
 //! execution), [`summary`] and [`cli`] (what people see).
 
+pub mod business;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod fairness;
 pub mod generate;
+pub mod history;
 pub mod json;
 pub mod metrics;
 pub mod model;

@@ -255,7 +255,8 @@ pub fn check(ds: &Dataset, table: &Table, q: &Quality, as_of: DateTime<Utc>) -> 
             ),
         );
     }
-    if q.freshness.enabled {
+    // No rows (an optional dataset not there yet) have no age.
+    if q.freshness.enabled && rows > 0 {
         if let Some(ts) = &ds.timestamp {
             if let Some(a) = batch.column_by_name(ts) {
                 let newest = newest_micros(a);

@@ -92,6 +92,10 @@ pub enum Change {
         reason: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rollback: bool,
+        /// The deployment date a run gives (its as-of date, so that a backfill's model is as old
+        /// as its data); by hand, the commit's date.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployed_on: Option<String>,
     },
     /// A run trained an artifact identical to this version's (the same SHA-256): no new
     /// version; the version was evaluated again.
@@ -160,6 +164,7 @@ impl State {
                     version,
                     reason,
                     rollback,
+                    deployed_on,
                 } => {
                     let from = self.production;
                     if let Some(p) = from.and_then(|p| self.versions.get_mut(&p)) {
@@ -167,7 +172,11 @@ impl State {
                     }
                     if let Some(v) = self.versions.get_mut(version) {
                         v.status = Status::Production;
-                        v.deployment_date = Some(c.at[..10.min(c.at.len())].to_string());
+                        v.deployment_date = Some(
+                            deployed_on
+                                .clone()
+                                .unwrap_or_else(|| c.at[..10.min(c.at.len())].to_string()),
+                        );
                     }
                     self.production = Some(*version);
                     self.history.push(Move {
@@ -356,6 +365,29 @@ impl Registry {
         Ok(rel)
     }
 
+    /// The artifact of a version, checked against the SHA-256 the version records.
+    pub async fn artifact(&self, doc: &VersionDoc) -> Result<crate::model::Artifact> {
+        use sha2::{Digest, Sha256};
+        let rel = format!("{}/artifacts/{}.json", doc.model, doc.artifact_sha256);
+        let bytes = self.store.get(&rel).await?;
+        let got = hex::encode(Sha256::digest(&bytes));
+        if got != doc.artifact_sha256 {
+            return Err(Error::Data(format!(
+                "the registry's artifact of {} at {} has SHA-256 {got}, not the {} the version records; restore it from a backup, or promote another version",
+                doc.model_id,
+                self.store.url_of(&rel),
+                doc.artifact_sha256
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Data(format!(
+                "the registry's artifact of {} at {} is not a model ({e})",
+                doc.model_id,
+                self.store.url_of(&rel)
+            ))
+        })
+    }
+
     /// Makes `version` production by hand.
     pub async fn promote(&self, model: &str, version: u32, reason: &str) -> Result<State> {
         let (st, _) = self
@@ -383,6 +415,7 @@ impl Registry {
                     version,
                     reason: reason.to_string(),
                     rollback: false,
+                    deployed_on: None,
                 }])
             })
             .await?;
@@ -416,6 +449,7 @@ impl Registry {
                     version: prev,
                     reason: format!("rollback from v{cur}"),
                     rollback: true,
+                    deployed_on: None,
                 }])
             })
             .await?;
@@ -481,6 +515,7 @@ mod tests {
                         version: v,
                         reason: "better".into(),
                         rollback: false,
+                        deployed_on: None,
                     });
                 }
                 Ok(ch)

@@ -110,12 +110,125 @@ pub fn run_summary(p: &Pipeline, m: &Manifest, artifacts_url: &str, exit_code: i
         let _ = writeln!(s, "\nQuality (as of {})", m.as_of);
         s.push_str(&quality);
     }
+    s.push_str(&accuracy_block(p, m));
+    s.push_str(&business_block(p, m));
     let _ = writeln!(
         s,
         "\nManifest: {}/{}/manifest.json",
         artifacts_url, m.run_id
     );
     let _ = writeln!(s, "Report:   {}/{}/report.html", artifacts_url, m.run_id);
+    s
+}
+
+/// Each model's primary gate metric as the run knows it: on the holdout, estimated on the
+/// scored customers (with its band), realized on the latest cohort with outcomes.
+fn accuracy_block(p: &Pipeline, m: &Manifest) -> String {
+    let mut out = String::new();
+    let train: Vec<_> = m.stages.values().filter_map(StageRecord::train).collect();
+    let score = m.stages.values().find_map(StageRecord::score);
+    let evaluate = m.stages.values().find_map(StageRecord::evaluate);
+    for (name, model) in &p.models {
+        let metric = model
+            .gates
+            .first()
+            .map(|g| g.metric)
+            .unwrap_or_else(|| crate::metrics::Metric::primary(model.task));
+        let mut parts = Vec::new();
+        if let Some(v) = train
+            .iter()
+            .find(|t| &t.model == name)
+            .and_then(|t| t.metrics.get(&metric))
+        {
+            parts.push(format!("holdout {v:.4}"));
+        }
+        if let Some(e) = score
+            .and_then(|s| s.models.get(name))
+            .and_then(|x| x.estimated.as_ref())
+            .and_then(|e| e.get(&metric))
+        {
+            parts.push(format!(
+                "estimated {:.4} [{:.4}, {:.4}]",
+                e.value, e.lower, e.upper
+            ));
+        }
+        if let Some(l) = evaluate
+            .and_then(|e| e.models.get(name))
+            .and_then(|x| x.latest.as_ref())
+        {
+            if let Some(v) = l.metrics.get(&metric) {
+                parts.push(format!(
+                    "realized {v:.4} on {} outcomes ({}, scored {})",
+                    thousands(l.outcomes),
+                    l.version.as_deref().unwrap_or("unknown version"),
+                    &l.scored_at[..10.min(l.scored_at.len())]
+                ));
+            }
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  {name:<12} {metric}: {}", parts.join(" · "));
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\nAccuracy\n{out}")
+}
+
+/// The business figures of the run's scoring.
+fn business_block(p: &Pipeline, m: &Manifest) -> String {
+    let Some(f) = m
+        .stages
+        .values()
+        .find_map(StageRecord::score)
+        .and_then(|s| s.business.as_ref())
+    else {
+        return String::new();
+    };
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    let mut parts = Vec::new();
+    if let Some(r) = f.predicted_churn_rate {
+        parts.push(format!("churn rate {} predicted", pct(r)));
+    }
+    if let Some(r) = f.predicted_retention_rate {
+        parts.push(format!("retention {}", pct(r)));
+    }
+    let churn = p.business.as_ref().and_then(|b| b.churn_model.as_ref());
+    if let Some(l) = m
+        .stages
+        .values()
+        .find_map(StageRecord::evaluate)
+        .and_then(|e| e.models.get(churn?)?.latest.as_ref())
+    {
+        parts.push(format!(
+            "churn rate {} realized (cohort scored {})",
+            pct(l.mean_outcome),
+            &l.scored_at[..10.min(l.scored_at.len())]
+        ));
+    }
+    if let Some(v) = f.average_predicted_ltv {
+        parts.push(format!("average LTV ${v:.2}"));
+    }
+    if let Some(v) = f.average_engagement_score {
+        parts.push(format!("average engagement {v:.3}"));
+    }
+    if let Some(v) = f.revenue_at_risk {
+        parts.push(format!("revenue at risk ${}", thousands(v.round() as u64)));
+    }
+    let segments = f
+        .segments
+        .iter()
+        .map(|(k, v)| format!("{k} {}", thousands(*v)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut s = format!(
+        "\nBusiness ({} customers)\n  {}\n",
+        thousands(f.customers),
+        parts.join(" · ")
+    );
+    if !segments.is_empty() {
+        let _ = writeln!(s, "  churn risk segments: {segments}");
+    }
     s
 }
 
@@ -200,6 +313,23 @@ fn stage_note(r: &StageRecord) -> String {
                     .collect();
                 format!("RETRAINING DUE: {}", bad.join(", "))
             }
+        }
+        Some(Summary::Evaluate(e)) => {
+            if e.models.is_empty() {
+                return format!("{} outcomes, no model evaluated", thousands(e.outcomes));
+            }
+            join(
+                e.models
+                    .iter()
+                    .map(|(m, x)| {
+                        format!(
+                            "{m} {} of {} outcomes matched",
+                            thousands(x.counts.matched),
+                            thousands(x.counts.outcomes)
+                        )
+                    })
+                    .collect(),
+            )
         }
         Some(Summary::Fairness(f)) => {
             let worst = f

@@ -16,6 +16,27 @@ pub async fn generate(a: GenerateArgs) -> Result<i32> {
         rows_per_file: a.rows_per_file,
     };
     let t0 = std::time::Instant::now();
+    if let Some(months) = a.months {
+        let story = crate::generate::Story {
+            months,
+            concept_change: a.concept_change,
+            shift_per_month: a.shift_per_month,
+        };
+        let s = crate::generate::generate_story(&o, &story).await?;
+        println!(
+            "wrote a story of {months} months of {} customers to {} in {:.2} s (seed {}, shift {} a month, concept change {}); truth.json says what each month holds",
+            a.rows,
+            s.out,
+            t0.elapsed().as_secs_f64(),
+            s.seed,
+            s.shift_per_month,
+            s.concept_change_month.map_or("none".to_string(), |m| format!("from month {m}"))
+        );
+        return Ok(0);
+    }
+    if a.concept_change.is_some() {
+        return Err(Error::Usage("--concept-change needs --months".into()));
+    }
     let s = crate::generate::generate(&o).await?;
     println!(
         "wrote {} customers ({} rows with duplicates) and {} current rows to {} in {:.2} s (seed {}, drift {}, defects {})",

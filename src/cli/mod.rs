@@ -205,6 +205,16 @@ pub struct GenerateArgs {
     pub as_of: String,
     #[arg(long = "rows-per-file", default_value_t = 1_000_000)]
     pub rows_per_file: usize,
+    /// Write a monthly story instead: a training snapshot, then per month the customers to
+    /// score and the outcomes of last month's (README, "Watch a model degrade").
+    #[arg(long)]
+    pub months: Option<usize>,
+    /// With --months: from this month on, the same features predict the targets differently.
+    #[arg(long = "concept-change")]
+    pub concept_change: Option<usize>,
+    /// With --months: the covariate shift added each month.
+    #[arg(long = "shift-per-month", default_value_t = 0.1)]
+    pub shift_per_month: f64,
 }
 
 /// Parses the command line, runs it, and returns the process exit code.

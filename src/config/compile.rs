@@ -53,8 +53,84 @@ pub fn compile_file(path: &str, ov: &Overrides) -> Result<Pipeline> {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "pipeline", "storage", "run", "datasets", "quality", "models", "fairness", "stages",
+    "pipeline", "storage", "run", "datasets", "quality", "models", "fairness", "health",
+    "business", "stages",
 ];
+
+/// The pipeline file `doc` (read from `file`) on top of the file its `pipeline.extends` names,
+/// and that file on top of its own, and so on: tables merged key by key, this file's values
+/// winning; `[stages]` is only ever this file's.
+fn resolve_extends(
+    mut doc: toml::Table,
+    file: &str,
+    seen: &mut Vec<String>,
+) -> std::result::Result<toml::Table, String> {
+    let Some(base) = doc
+        .get("pipeline")
+        .and_then(|p| p.get("extends"))
+        .and_then(|v| v.as_str())
+        .map(String::from)
+    else {
+        return Ok(doc);
+    };
+    let dir = std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    let path = dir.join(&base).to_string_lossy().into_owned();
+    if seen.contains(&path) {
+        return Err(format!(
+            "pipeline.extends: {} extend each other",
+            seen.join(" -> ")
+        ));
+    }
+    seen.push(path.clone());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("pipeline.extends: cannot read {path}: {e}"))?;
+    let base_doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| format!("pipeline.extends: {path} is not valid TOML: {e}"))?;
+    let mut merged = resolve_extends(base_doc, &path, seen)?;
+    // A model's default dataset is the one the base's prepare stage prepares: say it, as the
+    // base's stages do not come along.
+    let prepared = merged
+        .get("stages")
+        .and_then(|s| s.as_table())
+        .and_then(|s| {
+            s.values().find_map(|st| {
+                (st.get("kind")?.as_str()? == "prepare").then(|| st.get("dataset").cloned())?
+            })
+        });
+    if let (Some(ds), Some(models)) = (
+        prepared,
+        merged.get_mut("models").and_then(|m| m.as_table_mut()),
+    ) {
+        for (_, m) in models.iter_mut() {
+            let Some(m) = m.as_table_mut() else { continue };
+            m.entry("dataset").or_insert_with(|| ds.clone());
+        }
+    }
+    merged.remove("stages");
+    if let Some(p) = merged.get_mut("pipeline").and_then(|p| p.as_table_mut()) {
+        // The base's name, description and extends are its own.
+        p.clear();
+    }
+    if let Some(p) = doc.get_mut("pipeline").and_then(|p| p.as_table_mut()) {
+        p.remove("extends");
+    }
+    merge(&mut merged, std::mem::take(&mut doc));
+    Ok(merged)
+}
+
+/// Merges `top` into `base`: tables key by key, any other value replaced.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
 
 /// Compiles the text of a pipeline file.
 pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
@@ -62,8 +138,10 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         file: file.to_string(),
         problems,
     };
-    let mut doc: toml::Table =
+    let doc: toml::Table =
         toml::from_str(src).map_err(|e| config_err(vec![format!("not valid TOML: {e}")]))?;
+    let mut doc =
+        resolve_extends(doc, file, &mut vec![file.to_string()]).map_err(|e| config_err(vec![e]))?;
     let mut problems = Vec::new();
     apply_overrides(&mut doc, ov, &mut problems);
 
@@ -97,6 +175,11 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
     let quality_spec: QualitySpec = section("quality")
         .and_then(|v| de(v, "quality", &mut problems))
         .unwrap_or_default();
+    let health_spec: HealthSpec = section("health")
+        .and_then(|v| de(v, "health", &mut problems))
+        .unwrap_or_default();
+    let business_spec: Option<BusinessSpec> =
+        section("business").and_then(|v| de(v, "business", &mut problems));
 
     let dataset_specs: IndexMap<String, DatasetSpec> =
         table_entries(&doc, "datasets", &mut problems)
@@ -159,6 +242,8 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
     let quality = compile_quality(&quality_spec, &datasets, &mut problems);
     let models = compile_models(&model_specs, &stage_specs, &datasets, &mut problems);
     let fairness = compile_fairness(&fairness_spec, &models, &datasets, &mut problems);
+    let health = compile_health(&health_spec, &mut problems);
+    let business = business_spec.map(|b| compile_business(&b, &models, &mut problems));
     let (stages, dag) = compile_stages(
         &stage_specs,
         &datasets,
@@ -185,11 +270,89 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         quality,
         models,
         fairness,
+        health,
+        business,
         stages,
         dag,
         resolved,
         pseudonyms,
     })
+}
+
+fn compile_health(h: &HealthSpec, problems: &mut Vec<String>) -> Health {
+    let positive = |v: Option<f64>, key: &str, default: f64, problems: &mut Vec<String>| match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => {
+            problems.push(format!("health.{key}: {x} must be a number above 0"));
+            default
+        }
+        Some(x) => x,
+        None => default,
+    };
+    let evaluation_periods = h.evaluation_periods.unwrap_or(3);
+    if evaluation_periods == 0 {
+        problems.push("health.evaluation_periods: must be at least 1".into());
+    }
+    Health {
+        min_outcomes: h.min_outcomes.unwrap_or(100).max(1),
+        evaluation_periods: evaluation_periods.max(1),
+        max_age_days: positive(h.max_age_days, "max_age_days", 90.0, problems),
+        drift_ks: positive(h.drift_ks, "drift_ks", 0.1, problems),
+        inference_ms_per_1k: positive(
+            h.inference_ms_per_1k,
+            "inference_ms_per_1k",
+            100.0,
+            problems,
+        ),
+    }
+}
+
+fn compile_business(
+    b: &BusinessSpec,
+    models: &IndexMap<String, Model>,
+    problems: &mut Vec<String>,
+) -> Business {
+    let mut model = |key: &str, name: &Option<String>, task: Task| -> Option<String> {
+        let name = name.as_ref()?;
+        match models.get(name) {
+            None => problems.push(format!(
+                "business.{key}: unknown model `{name}`{}",
+                suggest(name, models.keys().map(|s| s.as_str()))
+            )),
+            Some(m) if m.task != task => problems.push(format!(
+                "business.{key}: `{name}` is a {:?} model; this figure needs a {task:?} one",
+                m.task
+            )),
+            Some(_) => {}
+        }
+        Some(name.clone())
+    };
+    let churn_model = model("churn_model", &b.churn_model, Task::Binary);
+    let ltv_model = model("ltv_model", &b.ltv_model, Task::Regression);
+    let engagement_model = model("engagement_model", &b.engagement_model, Task::Regression);
+    let mut risk_segments: Vec<(String, f64)> = b
+        .risk_segments
+        .clone()
+        .unwrap_or_else(|| {
+            [("low", 0.0), ("medium", 0.3), ("high", 0.6)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        })
+        .into_iter()
+        .collect();
+    risk_segments.sort_by(|a, b| a.1.total_cmp(&b.1));
+    if risk_segments.iter().any(|(_, v)| !(0.0..=1.0).contains(v)) {
+        problems.push("business.risk_segments: each segment's lowest churn probability must be between 0 and 1".into());
+    }
+    if risk_segments.first().is_some_and(|(_, v)| *v > 0.0) {
+        problems.push("business.risk_segments: the lowest segment must start at 0, so that every customer has one".into());
+    }
+    Business {
+        churn_model,
+        ltv_model,
+        engagement_model,
+        risk_segments,
+    }
 }
 
 /// Deserialises one section, recording unknown keys and type errors under `path`.

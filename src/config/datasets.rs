@@ -158,6 +158,8 @@ pub(super) fn compile_datasets(
                 timestamp,
                 pii,
                 columns,
+                // Not inherited: the outcomes of a snapshot may be missing, the snapshot not.
+                optional: spec.optional.unwrap_or(false),
             },
         );
     }

@@ -42,6 +42,8 @@ pub struct Pipeline {
     pub quality: Quality,
     pub models: IndexMap<String, Model>,
     pub fairness: Fairness,
+    pub health: Health,
+    pub business: Option<Business>,
     pub stages: Vec<Stage>,
     pub dag: Dag,
     /// The pipeline file's resolved values (after `--set`, `--input` and the environment), as
@@ -127,6 +129,8 @@ pub struct Dataset {
     pub timestamp: Option<String>,
     pub pii: Vec<String>,
     pub columns: Vec<Column>,
+    /// No files at the location read as no rows (outcomes before any arrive).
+    pub optional: bool,
 }
 
 impl Dataset {
@@ -187,11 +191,12 @@ pub enum StageKind {
     Fairness,
     Register,
     Health,
+    Evaluate,
 }
 
 impl StageKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [StageKind; 9] = [
+    pub const ALL: [StageKind; 10] = [
         StageKind::Load,
         StageKind::Validate,
         StageKind::Prepare,
@@ -201,6 +206,7 @@ impl StageKind {
         StageKind::Fairness,
         StageKind::Register,
         StageKind::Health,
+        StageKind::Evaluate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -214,6 +220,7 @@ impl StageKind {
             StageKind::Fairness => "fairness",
             StageKind::Register => "register",
             StageKind::Health => "health",
+            StageKind::Evaluate => "evaluate",
         }
     }
 
@@ -227,9 +234,10 @@ impl StageKind {
     }
 
     /// Whether a stage of this kind is ever reused from an earlier run. A health check looks
-    /// at the registry, which changes between runs (promote, rollback): it runs every time.
+    /// at the registry, which changes between runs (promote, rollback), and an evaluation at the
+    /// history other runs add to: they run every time.
     pub fn reusable(self) -> bool {
-        !matches!(self, StageKind::Health)
+        !matches!(self, StageKind::Health | StageKind::Evaluate)
     }
 }
 
@@ -265,6 +273,13 @@ pub enum StageParams {
     Score {
         dataset: String,
         models: Vec<String>,
+        from: ModelSource,
+    },
+    Evaluate {
+        outcomes: String,
+        models: Vec<String>,
+        #[serde(with = "secs")]
+        horizon: Duration,
     },
     Drift {
         reference: String,
@@ -283,6 +298,19 @@ pub enum StageParams {
 }
 
 impl StageParams {
+    /// Whether the stage is ever reused from an earlier run: as its kind is, except scoring with
+    /// the registry's production versions, which change between runs.
+    pub fn reusable(&self) -> bool {
+        let registry = matches!(
+            self,
+            StageParams::Score {
+                from: ModelSource::Registry,
+                ..
+            }
+        );
+        self.kind().reusable() && !registry
+    }
+
     pub fn kind(&self) -> StageKind {
         match self {
             StageParams::Load { .. } => StageKind::Load,
@@ -294,8 +322,39 @@ impl StageParams {
             StageParams::Fairness { .. } => StageKind::Fairness,
             StageParams::Register { .. } => StageKind::Register,
             StageParams::Health => StageKind::Health,
+            StageParams::Evaluate { .. } => StageKind::Evaluate,
         }
     }
+}
+
+/// Which models a score stage applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    /// Those the run's train stages fitted.
+    Run,
+    /// Each model's production version in the registry.
+    Registry,
+}
+
+/// The health check's thresholds (`[health]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub min_outcomes: u64,
+    pub evaluation_periods: u32,
+    pub max_age_days: f64,
+    pub drift_ks: f64,
+    pub inference_ms_per_1k: f64,
+}
+
+/// The business figures' models and risk segments (`[business]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Business {
+    pub churn_model: Option<String>,
+    pub ltv_model: Option<String>,
+    pub engagement_model: Option<String>,
+    /// (name, lowest churn probability in it), ascending.
+    pub risk_segments: Vec<(String, f64)>,
 }
 
 /// A gate: `metric op value`, e.g. `r2 >= 0.75`; written as that text in files.
@@ -408,6 +467,8 @@ pub struct Model {
     pub algorithm: crate::model::Algorithm,
     pub gates: Vec<Gate>,
     pub threshold: f64,
+    /// How a binary model's probabilities are calibrated (always `none` for regression).
+    pub calibration: crate::model::calibration::Choice,
 }
 
 /// The fairness settings.

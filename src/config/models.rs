@@ -141,6 +141,29 @@ pub(super) fn compile_models(
                 Ok(gate) => gates.push(gate),
             }
         }
+        use crate::model::calibration::Choice;
+        let calibration = match (m.calibration.as_deref(), task) {
+            (None, Task::Binary) => Choice::Auto,
+            (None, Task::Regression) => Choice::None,
+            (Some(c), _) => match Choice::parse(c) {
+                None => {
+                    problems.push(format!(
+                        "{path}.calibration: `{c}` is not a calibration{} (choose one of {})",
+                        suggest(c, Choice::NAMES.iter().copied()),
+                        Choice::NAMES.join(", ")
+                    ));
+                    Choice::None
+                }
+                Some(Choice::None) => Choice::None,
+                Some(_) if task == Task::Regression => {
+                    problems.push(format!(
+                        "{path}.calibration: `{c}` calibrates probabilities; a regression model has none (remove the key)"
+                    ));
+                    Choice::None
+                }
+                Some(choice) => choice,
+            },
+        };
         let threshold = m.threshold.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&threshold) {
             problems.push(format!(
@@ -159,6 +182,7 @@ pub(super) fn compile_models(
                 algorithm,
                 gates,
                 threshold,
+                calibration,
             },
         );
     }

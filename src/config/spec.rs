@@ -10,6 +10,10 @@ pub struct PipelineMeta {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Another pipeline file (relative to this one) whose sections this one starts from: its
+    /// tables merged key by key under this file's, except `[stages]`, which is this file's own.
+    #[serde(default)]
+    pub extends: Option<String>,
 }
 
 /// `[storage]`: the three roots, each a URL or a local path.
@@ -116,6 +120,10 @@ pub struct DatasetSpec {
     /// Columns holding personal data: never logged in clear.
     #[serde(default)]
     pub pii: Option<Vec<String>>,
+    /// A dataset that may not exist yet (outcomes before any have arrived): no files at its
+    /// location read as no rows, not as an error.
+    #[serde(default)]
+    pub optional: Option<bool>,
     #[serde(default)]
     pub columns: IndexMap<String, ColumnSpec>,
 }
@@ -242,6 +250,10 @@ pub struct ModelSpec {
     /// Decision threshold of a binary model.
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Calibration of a binary model's probabilities: `auto` (default), `isotonic`, `platt` or
+    /// `none`.
+    #[serde(default)]
+    pub calibration: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -270,6 +282,59 @@ pub struct ScoreParams {
     /// Models to apply (default: every declared model).
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// `run` (default): the models the run's train stages fitted; `registry`: each model's
+    /// production version.
+    #[serde(default)]
+    pub models_from: Option<String>,
+}
+
+/// Parameters of an `evaluate` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct EvaluateParams {
+    /// The validated dataset of outcomes: the key, the observed targets, when they were observed.
+    pub outcomes: String,
+    /// Models evaluated (default: every model whose target the outcomes dataset declares).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// An outcome is joined with the customer's latest score at least this long before it was
+    /// observed (default 0: the latest score before it).
+    #[serde(default)]
+    pub horizon: Option<DurationSpec>,
+}
+
+/// `[health]`: the health check's thresholds.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct HealthSpec {
+    /// Realized accuracy is used once at least this many customers of a cohort have known
+    /// outcomes (default 100); below, the estimate.
+    #[serde(default)]
+    pub min_outcomes: Option<u64>,
+    /// Retraining is due after this many evaluations below a gate in a row (default 3).
+    #[serde(default)]
+    pub evaluation_periods: Option<u32>,
+    /// Retraining is due when the production version is older than this (default 90).
+    #[serde(default)]
+    pub max_age_days: Option<f64>,
+    /// A feature or a prediction has drifted above this KS statistic (default 0.1).
+    #[serde(default)]
+    pub drift_ks: Option<f64>,
+    /// Scoring time per 1 000 rows and model, milliseconds (default 100).
+    #[serde(default)]
+    pub inference_ms_per_1k: Option<f64>,
+}
+
+/// `[business]`: which models give the business figures, and the churn risk segments.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct BusinessSpec {
+    #[serde(default)]
+    pub churn_model: Option<String>,
+    #[serde(default)]
+    pub ltv_model: Option<String>,
+    #[serde(default)]
+    pub engagement_model: Option<String>,
+    /// Segment name → the lowest churn probability in it; each reaches up to the next.
+    #[serde(default)]
+    pub risk_segments: Option<IndexMap<String, f64>>,
 }
 
 /// Parameters of a `drift` stage.

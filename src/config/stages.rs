@@ -156,6 +156,16 @@ fn stage_params(
         }),
         "score" => de::<ScoreParams>(params, path, problems).map(|p| {
             known.check_datasets(std::slice::from_ref(&p.dataset), path, problems);
+            let from = match p.models_from.as_deref() {
+                None | Some("run") => ModelSource::Run,
+                Some("registry") => ModelSource::Registry,
+                Some(other) => {
+                    problems.push(format!(
+                        "{path}.models_from: `{other}` is not `run` (the models this run trains) or `registry` (each model's production version)"
+                    ));
+                    ModelSource::Run
+                }
+            };
             let names = p.models.unwrap_or_else(|| models.keys().cloned().collect());
             for m in &names {
                 match models.get(m) {
@@ -172,7 +182,54 @@ fn stage_params(
                     }
                 }
             }
-            StageParams::Score { dataset: p.dataset, models: names }
+            StageParams::Score { dataset: p.dataset, models: names, from }
+        }),
+        "evaluate" => de::<EvaluateParams>(params, path, problems).map(|p| {
+            known.check_datasets(std::slice::from_ref(&p.outcomes), path, problems);
+            let outcomes = datasets.get(&p.outcomes);
+            let names = match p.models {
+                Some(names) => {
+                    for m in &names {
+                        match (models.get(m), outcomes) {
+                            (None, _) => problems.push(format!("{path}.models: unknown model `{m}`")),
+                            (Some(model), Some(ds)) if ds.column(&model.target).is_none() => problems.push(format!(
+                                "{path}.models: `{m}`'s target `{}` is not a declared column of `{}`; declare it there (nullable until it is observed)",
+                                model.target, p.outcomes
+                            )),
+                            _ => {}
+                        }
+                    }
+                    names
+                }
+                None => models
+                    .values()
+                    .filter(|m| outcomes.is_some_and(|ds| ds.column(&m.target).is_some()))
+                    .map(|m| m.name.clone())
+                    .collect(),
+            };
+            if let Some(ds) = outcomes {
+                if ds.primary_key.is_empty() {
+                    problems.push(format!(
+                        "{path}.outcomes: `{}` has no primary_key to join scores on",
+                        p.outcomes
+                    ));
+                }
+                if ds.timestamp.is_none() {
+                    problems.push(format!(
+                        "{path}.outcomes: `{}` has no timestamp: when each outcome was observed",
+                        p.outcomes
+                    ));
+                }
+                if names.is_empty() {
+                    problems.push(format!(
+                        "{path}.outcomes: `{}` declares no model's target; add the target columns it observes",
+                        p.outcomes
+                    ));
+                }
+            }
+            let horizon = duration(&p.horizon, &format!("{path}.horizon"), problems)
+                .unwrap_or_default();
+            StageParams::Evaluate { outcomes: p.outcomes, models: names, horizon }
         }),
         "drift" => de::<DriftParams>(params, path, problems).map(|p| {
             known.check_datasets(&[p.reference.clone(), p.current.clone()], path, problems);
@@ -262,6 +319,21 @@ fn check_across(
                     "stages.{}: a train stage needs a prepare stage upstream",
                     st.name
                 ))
+            }
+            StageParams::Score {
+                from: ModelSource::Registry,
+                ..
+            } => {}
+            StageParams::Evaluate { outcomes, .. } => {
+                let validated = dag.ancestors(i).into_iter().any(|a| {
+                    matches!(&stages[a].params, StageParams::Validate { datasets } if datasets.contains(outcomes))
+                });
+                if !validated {
+                    problems.push(format!(
+                        "stages.{}: no validate stage of `{outcomes}` runs before it; add one to `needs`",
+                        st.name
+                    ));
+                }
             }
             StageParams::Score { models: ms, .. }
             | StageParams::Fairness { models: ms }

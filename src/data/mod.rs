@@ -29,6 +29,23 @@ pub struct Table {
 }
 
 impl Table {
+    /// A dataset with no rows: its declared columns, with their canonical types.
+    pub fn empty(ds: &crate::config::Dataset) -> Table {
+        let fields: Vec<arrow::datatypes::Field> = ds
+            .columns
+            .iter()
+            .map(|c| arrow::datatypes::Field::new(&c.name, adapt::canonical_type(c.ty), true))
+            .collect();
+        Table {
+            batch: RecordBatch::new_empty(std::sync::Arc::new(arrow::datatypes::Schema::new(
+                fields,
+            ))),
+            unparseable: Vec::new(),
+            out_of_range: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
     pub fn num_rows(&self) -> usize {
         self.batch.num_rows()
     }

@@ -232,6 +232,7 @@ async fn succeed(ctx: &StageCtx, writer: &Writer, done: StageDone, t0: Instant) 
         r.outputs = outputs.clone();
         r.summary = Some(done.summary.clone());
         r.check_failures = done.check_failures.clone();
+        r.warnings.extend(done.warnings.iter().cloned());
         r.valid_until = done.valid_until.map(ts);
         r.finished_at = Some(ts(Utc::now()));
         r.duration_s = Some(elapsed);
@@ -246,7 +247,11 @@ async fn succeed(ctx: &StageCtx, writer: &Writer, done: StageDone, t0: Instant) 
         .await
         .map_err(|e| named(name, e.context("the manifest could not record its success")))?;
     shared.telemetry.record(&rec.samples);
-    if rec.kind.reusable() {
+    if shared
+        .pipeline
+        .stage(name)
+        .is_some_and(|st| st.params.reusable())
+    {
         let entry = CacheEntry {
             run_id: shared.run_id.clone(),
             record: rec.clone(),

@@ -218,7 +218,7 @@ impl Planner<'_> {
         let fp = fingerprint(self.p, st, &upstream, self.located, self.as_of);
         planned.fingerprint = fp.clone();
         self.fps.insert(i, fp.clone());
-        if self.o.force || !st.kind().reusable() {
+        if self.o.force || !st.params.reusable() {
             planned.action = Action::Run;
             return Ok(());
         }

@@ -285,6 +285,33 @@ pub struct Artifact {
     /// `booster`, `linear` or `forest`.
     #[serde(flatten)]
     pub fitted: Fitted,
+    /// Binary models: the calibration applied to the fitted model's probabilities (absent:
+    /// none).
+    #[serde(default, skip_serializing_if = "calibration::Calibrator::is_none")]
+    pub calibrator: calibration::Calibrator,
+    /// How the model's performance is estimated before outcomes are known (CBPE for binary
+    /// models, DLE for regression), fitted on the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimator: Option<estimate::Estimator>,
+    /// What counts as "selected" for fairness: the threshold of a binary model, the training
+    /// median of a regression model's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_threshold: Option<f64>,
+}
+
+/// A model's predictions of some rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// One per row (calibrated probabilities for binary models).
+    pub values: Vec<f64>,
+    /// What the transform had to impute or did not recognise.
+    pub fills: transform::Fills,
+    /// With a DLE estimator, when asked for: the rows' predicted absolute and squared errors,
+    /// summed (see [`estimate::dle::Dle::loss_sums`]).
+    pub loss_sums: Option<[f64; 2]>,
+    /// With a calibrator and a CBPE estimator, when asked for: the model's own probabilities,
+    /// which rank the rows for the estimated ROC AUC.
+    pub uncalibrated: Option<Vec<f64>>,
 }
 
 /// Rows encoded and scored at a time: the features of a chunk are 30 MB of numbers, in buffers
@@ -293,10 +320,10 @@ pub struct Artifact {
 const PREDICT_CHUNK: usize = 1 << 18;
 
 impl Artifact {
-    /// Predictions for every row of `batch` (probabilities for binary models), with what the
-    /// transform had to impute or did not recognise.
-    pub fn predict(&self, batch: &RecordBatch) -> Result<(Vec<f64>, transform::Fills), String> {
-        self.predict_rows(batch, None)
+    /// Predictions for every row of `batch` (calibrated probabilities for binary models), with
+    /// what the transform had to impute or did not recognise.
+    pub fn predict(&self, batch: &RecordBatch) -> Result<Predictions, String> {
+        self.predict_chunked(batch, None, PREDICT_CHUNK, false)
     }
 
     /// [`Artifact::predict`] for the rows `rows` of `batch` (every row when `None`), in their
@@ -305,8 +332,28 @@ impl Artifact {
         &self,
         batch: &RecordBatch,
         rows: Option<&[u32]>,
-    ) -> Result<(Vec<f64>, transform::Fills), String> {
-        self.predict_chunked(batch, rows, PREDICT_CHUNK)
+    ) -> Result<Predictions, String> {
+        self.predict_chunked(batch, rows, PREDICT_CHUNK, false)
+    }
+
+    /// [`Artifact::predict`], plus what the estimator needs of the rows' features (DLE's loss
+    /// sums), from the same encoded chunks: for scoring, which estimates performance.
+    pub fn score(&self, batch: &RecordBatch) -> Result<Predictions, String> {
+        self.predict_chunked(batch, None, PREDICT_CHUNK, true)
+    }
+
+    /// The estimated performance on the rows of `p` (from [`Artifact::score`]); `None` for an
+    /// artifact without an estimator (trained before estimation existed) or for no rows.
+    pub fn estimate(&self, p: &Predictions) -> Option<estimate::Estimates> {
+        if p.values.is_empty() {
+            return None;
+        }
+        match self.estimator.as_ref()? {
+            estimate::Estimator::Cbpe(r) => {
+                Some(r.estimate(&p.values, p.uncalibrated.as_ref().unwrap_or(&p.values)))
+            }
+            estimate::Estimator::Dle(d) => Some(d.estimate_with_r2(p.loss_sums?, &p.values)),
+        }
     }
 
     fn predict_chunked(
@@ -314,13 +361,23 @@ impl Artifact {
         batch: &RecordBatch,
         rows: Option<&[u32]>,
         chunk: usize,
-    ) -> Result<(Vec<f64>, transform::Fills), String> {
+        estimate: bool,
+    ) -> Result<Predictions, String> {
         use rayon::prelude::*;
         let n = rows.map_or(batch.num_rows(), |r| r.len());
         let features = &self.transform.features;
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); features.len()];
         let mut fills = transform::Fills::default();
-        let mut out = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n);
+        let dle = match &self.estimator {
+            Some(estimate::Estimator::Dle(d)) if estimate => Some(d),
+            _ => None,
+        };
+        let mut loss_sums = dle.map(|_| [0.0; 2]);
+        let keep_uncalibrated = estimate
+            && !self.calibrator.is_none()
+            && matches!(self.estimator, Some(estimate::Estimator::Cbpe(_)));
+        let mut uncalibrated = keep_uncalibrated.then(|| Vec::with_capacity(n));
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             let sliced;
@@ -340,9 +397,24 @@ impl Artifact {
                 fills.add(&f.name, k);
             }
             let views: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
-            out.extend(self.fitted.predict(&views)?);
+            let mut p = self.fitted.predict(&views)?;
+            if let Some(u) = uncalibrated.as_mut() {
+                u.extend_from_slice(&p);
+            }
+            self.calibrator.apply_all(&mut p);
+            if let (Some(d), Some(sums)) = (dle, loss_sums.as_mut()) {
+                let [a, b] = d.loss_sums(&views, &p);
+                sums[0] += a;
+                sums[1] += b;
+            }
+            values.extend(p);
         }
-        Ok((out, fills))
+        Ok(Predictions {
+            values,
+            fills,
+            loss_sums,
+            uncalibrated,
+        })
     }
 }
 
@@ -466,15 +538,24 @@ mod tests {
             threshold: 0.5,
             transform,
             fitted,
+            calibrator: Default::default(),
+            estimator: None,
+            selection_threshold: None,
         };
         let all = artifact.fitted.predict(&m.views()).unwrap();
         for chunk in [1, 999, 1_000, 5_000, 1 << 18] {
-            let (p, fills) = artifact.predict_chunked(&batch, None, chunk).unwrap();
+            let Predictions {
+                values: p, fills, ..
+            } = artifact
+                .predict_chunked(&batch, None, chunk, false)
+                .unwrap();
             assert_eq!(p, all, "chunk {chunk}");
             assert_eq!(fills, m.fills);
             let some: Vec<u32> = (0..n as u32).filter(|r| r % 3 != 1).collect();
-            let (p, fills) = artifact
-                .predict_chunked(&batch, Some(&some), chunk)
+            let Predictions {
+                values: p, fills, ..
+            } = artifact
+                .predict_chunked(&batch, Some(&some), chunk, false)
                 .unwrap();
             let want: Vec<f64> = some.iter().map(|&r| all[r as usize]).collect();
             assert_eq!(p, want, "chunk {chunk}, some rows");

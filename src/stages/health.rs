@@ -3,19 +3,30 @@
 //! fairness parity recorded with the version, inference speed against a budget, and age. A
 //! failed check makes the model unhealthy and retraining due, with the reasons.
 //!
-//! [`observe`] gathers what a run saw (its drift report and scoring speed) from its stage
-//! records; [`run`] evaluates the production versions against it. The stage writes the
-//! [`Report`] as `health.json` and ends the run with exit code 1 when a model is unhealthy; the
-//! command writes it as `health/latest.json` under the artifacts root.
+//! Accuracy is what is known of the production version now: realized on the latest cohort with
+//! at least `min_outcomes` known outcomes (an `evaluate` stage), else estimated on the latest
+//! scoring (CBPE, DLE), else the holdout at training; the check says which. One evaluation
+//! below a gate is reported, not yet a failure: the check fails after `evaluation_periods` in a
+//! row (the monitoring strategy's alarm: three daily evaluations), counted over the accuracy
+//! readings earlier health stages left in the history ([`crate::history::Reading`]).
+//!
+//! [`observe`] gathers what a run saw (drift, scoring speed and estimates, realized accuracy)
+//! from its stage records; [`run`] evaluates the production versions against it. The stage
+//! writes the [`Report`] as `health.json`, adds each model's reading to the history, and ends
+//! the run with exit code 1 when a model is unhealthy; the command writes the report as
+//! `health/latest.json` under the artifacts root.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::context::StageCtx;
-use super::{drift, StageDone, StageRecord};
+use super::{drift, evaluate, StageDone, StageRecord};
 use crate::config::{Pipeline, StageKind};
 use crate::error::Result;
+use crate::history::{Reading, Source};
+use crate::metrics::Metrics;
+use crate::model::estimate::Estimates;
 use crate::registry::{Registry, VersionDoc};
 use crate::storage::Store;
 
@@ -30,17 +41,43 @@ pub struct Budgets {
     pub max_age_days: f64,
     /// Scoring time per 1 000 rows, milliseconds.
     pub inference_ms_per_1k: f64,
+    /// Realized accuracy needs this many known outcomes in a cohort.
+    pub min_outcomes: u64,
+    /// Evaluations below a gate in a row that make retraining due.
+    pub evaluation_periods: u32,
 }
 
 impl Budgets {
     pub fn of(p: &Pipeline) -> Budgets {
+        let h = &p.health;
         Budgets {
-            drift_ks: 0.1,
+            drift_ks: h.drift_ks,
             parity: p.fairness.threshold,
-            max_age_days: 90.0,
-            inference_ms_per_1k: 100.0,
+            max_age_days: h.max_age_days,
+            inference_ms_per_1k: h.inference_ms_per_1k,
+            min_outcomes: h.min_outcomes,
+            evaluation_periods: h.evaluation_periods,
         }
     }
+}
+
+/// The accuracy the check used for a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub source: Source,
+    /// The gates' metrics from that source.
+    pub metrics: Metrics,
+    /// Estimated: each metric's band.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated: Option<Estimates>,
+    /// Realized: the known outcomes and the cohort's scoring time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<String>,
+    /// Evaluations below a gate in a row, this one included, and how many make retraining due.
+    pub below_gate_in_a_row: u32,
+    pub evaluation_periods: u32,
 }
 
 /// One check of one model.
@@ -62,6 +99,9 @@ pub struct ModelHealth {
     /// When the production version was deployed (or trained), as Unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployed_unix: Option<f64>,
+    /// The accuracy the check used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Accuracy>,
 }
 
 /// The health check's document: `health.json` of the stage, `health/latest.json` of the command.
@@ -98,6 +138,7 @@ impl Report {
                 healthy: h.healthy,
                 updated: h.deployed_unix,
                 reasons: h.reasons.join("; "),
+                accuracy: h.accuracy.as_ref(),
             })
     }
 }
@@ -116,13 +157,17 @@ pub struct ModelSummary {
     pub reasons: Vec<String>,
 }
 
-/// What a run observed: its drift report and scoring speed.
+/// What a run observed: its drift report, scoring speed and estimates, realized accuracy.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// `drift.json` of the run's drift stage.
     pub drift: Option<drift::Report>,
     /// Milliseconds per 1 000 rows scored, per model (only for scoring done in that run).
     pub inference_ms_per_1k: BTreeMap<String, f64>,
+    /// Per model, the version the run's scores carry and the performance estimated on them.
+    pub estimated: BTreeMap<String, (String, Estimates)>,
+    /// Per model, the latest cohort with outcomes (the run's evaluate stage).
+    pub realized: BTreeMap<String, evaluate::Latest>,
 }
 
 /// What the stages of a run observed, from their records (a run's manifest, or the stages
@@ -142,11 +187,24 @@ pub async fn observe<'a>(
                     o.drift = Some(serde_json::from_slice(&bytes)?);
                 }
             }
-            StageKind::Score if o.inference_ms_per_1k.is_empty() => {
+            StageKind::Score if o.estimated.is_empty() => {
+                let Some(s) = rec.score() else { continue };
                 // A reused stage's time was not measured in that run.
-                if let (Some(s), Some(secs), None) = (rec.score(), rec.duration_s, &rec.reused_from)
-                {
+                if let (Some(secs), None) = (rec.duration_s, &rec.reused_from) {
                     o.inference_ms_per_1k = s.inference_ms_per_1k(secs);
+                }
+                for (m, sc) in &s.models {
+                    if let Some(e) = &sc.estimated {
+                        o.estimated
+                            .insert(m.clone(), (sc.version.clone(), e.clone()));
+                    }
+                }
+            }
+            StageKind::Evaluate if o.realized.is_empty() => {
+                for (m, e) in rec.evaluate().map(|e| &e.models).into_iter().flatten() {
+                    if let Some(l) = &e.latest {
+                        o.realized.insert(m.clone(), l.clone());
+                    }
                 }
             }
             _ => {}
@@ -155,11 +213,62 @@ pub async fn observe<'a>(
     Ok(o)
 }
 
-/// Evaluates every declared model's production version as of `now`.
+/// Whether scores carrying `version` were made by the registry version `v`: its id (scored
+/// with the production version), or `<run>:<its SHA-256 prefix>` (trained in a run).
+fn scored_by(version: &str, v: &VersionDoc) -> bool {
+    version == v.model_id
+        || version
+            .rsplit_once(':')
+            .is_some_and(|(_, sha)| !sha.is_empty() && v.artifact_sha256.starts_with(sha))
+}
+
+/// What is known of the production version's accuracy now: realized, else estimated, else the
+/// holdout.
+fn current_accuracy(b: &Budgets, name: &str, v: &VersionDoc, o: &Observed) -> Accuracy {
+    let base = Accuracy {
+        source: Source::Holdout,
+        metrics: v.metrics.holdout.clone(),
+        estimated: None,
+        outcomes: None,
+        cohort: None,
+        below_gate_in_a_row: 0,
+        evaluation_periods: b.evaluation_periods,
+    };
+    if let Some(l) = o.realized.get(name) {
+        if l.version.as_deref() == Some(&v.model_id)
+            && l.outcomes >= b.min_outcomes
+            && !l.metrics.is_empty()
+        {
+            return Accuracy {
+                source: Source::Realized,
+                metrics: l.metrics.clone(),
+                outcomes: Some(l.outcomes),
+                cohort: Some(l.scored_at.clone()),
+                ..base
+            };
+        }
+    }
+    if let Some((version, e)) = o.estimated.get(name) {
+        if scored_by(version, v) {
+            return Accuracy {
+                source: Source::Estimated,
+                metrics: Metrics(e.iter().map(|(m, x)| (*m, x.value)).collect()),
+                estimated: Some(e.clone()),
+                ..base
+            };
+        }
+    }
+    base
+}
+
+/// Evaluates every declared model's production version as of `now`. With `history`, the
+/// accuracy readings of earlier checks count towards `evaluation_periods` (and the caller may
+/// add this check's, see [`Report::readings`]).
 pub async fn run(
     p: &Pipeline,
     registry: &Registry,
     observed: &Observed,
+    history: Option<(&Store, &str)>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Report> {
     let b = Budgets::of(p);
@@ -175,11 +284,33 @@ pub async fn run(
                 reasons: vec!["no production version".to_string()],
                 checks: BTreeMap::new(),
                 deployed_unix: None,
+                accuracy: None,
             });
             continue;
         };
         let mut checks = Checks::default();
-        checks.add("accuracy", accuracy(model, v));
+        let mut acc = current_accuracy(&b, name, v, observed);
+        let below = below_gates(model, &acc.metrics);
+        if !below.is_empty() {
+            // This evaluation, and the earlier ones of this version below a gate in a row.
+            // (A run checked again, when resumed, replaces its own reading.)
+            let earlier = match history {
+                Some((h, run_id)) => {
+                    let n = b.evaluation_periods as usize;
+                    let mut r = crate::history::readings(h, name, n).await?;
+                    r.retain(|r| r.run_id != run_id);
+                    r
+                }
+                None => Vec::new(),
+            };
+            let run_of = earlier
+                .iter()
+                .rev()
+                .take_while(|r| r.version == v.model_id && r.below_gate)
+                .count() as u32;
+            acc.below_gate_in_a_row = 1 + run_of.min(b.evaluation_periods.saturating_sub(1));
+        }
+        checks.add("accuracy", accuracy(model, &acc, &below));
         checks.add("drift", drift_check(&b, observed.drift.as_ref(), name));
         checks.add("fairness", fairness(&b, v));
         checks.add(
@@ -222,6 +353,7 @@ pub async fn run(
             reasons: checks.reasons,
             checks: checks.outcomes,
             deployed_unix: born_at.map(|t| t.timestamp() as f64),
+            accuracy: Some(acc),
         });
     }
     Ok(Report {
@@ -247,29 +379,57 @@ impl Checks {
     }
 }
 
-/// The version's holdout metrics against the model's gates.
-fn accuracy(model: &crate::config::Model, v: &VersionDoc) -> CheckOutcome {
-    let value = |g: &crate::config::Gate| v.metrics.holdout.get(&g.metric).copied();
-    let failing: Vec<String> = model
+/// The gates `metrics` fails, as people read them.
+fn below_gates(model: &crate::config::Model, metrics: &Metrics) -> Vec<String> {
+    model
         .gates
         .iter()
         .filter_map(|g| {
-            let val = value(g)?;
+            let val = *metrics.get(&g.metric)?;
             (!g.passes(val)).then(|| format!("{} is {val:.4}, gate {g}", g.metric))
         })
-        .collect();
-    let detail = if failing.is_empty() {
-        model
+        .collect()
+}
+
+/// The accuracy against the model's gates: it fails once `evaluation_periods` evaluations in a
+/// row were below a gate.
+fn accuracy(model: &crate::config::Model, acc: &Accuracy, below: &[String]) -> CheckOutcome {
+    let source = match acc.source {
+        Source::Realized => format!(
+            "realized on {} outcomes of the cohort scored {}",
+            acc.outcomes.unwrap_or(0),
+            acc.cohort.as_deref().unwrap_or("?")
+        ),
+        Source::Estimated => "estimated on the latest scoring".to_string(),
+        Source::Holdout => "the holdout at training (nothing newer is known)".to_string(),
+    };
+    let detail = if below.is_empty() {
+        let values = model
             .gates
             .iter()
-            .filter_map(|g| value(g).map(|x| format!("{} {x:.4} (gate {g})", g.metric)))
+            .filter_map(|g| {
+                acc.metrics
+                    .get(&g.metric)
+                    .map(|x| format!("{} {x:.4} (gate {g})", g.metric))
+            })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        format!("{values}; {source}")
     } else {
-        failing.join("; ")
+        format!(
+            "{}; {source}; below a gate in {} evaluation{} in a row (retraining after {})",
+            below.join("; "),
+            acc.below_gate_in_a_row,
+            if acc.below_gate_in_a_row == 1 {
+                ""
+            } else {
+                "s"
+            },
+            acc.evaluation_periods
+        )
     };
     CheckOutcome {
-        passed: failing.is_empty(),
+        passed: acc.below_gate_in_a_row < acc.evaluation_periods,
         detail,
     }
 }
@@ -325,14 +485,39 @@ fn fairness(b: &Budgets, v: &VersionDoc) -> CheckOutcome {
     }
 }
 
+impl Report {
+    /// Each model's accuracy reading of this check, for the history.
+    pub fn readings(&self, run_id: &str) -> Vec<Reading> {
+        self.models
+            .iter()
+            .filter_map(|h| {
+                let a = h.accuracy.as_ref()?;
+                Some(Reading {
+                    model: h.model.clone(),
+                    version: h.production.clone()?,
+                    checked_at: self.checked_at.clone(),
+                    run_id: run_id.to_string(),
+                    source: a.source,
+                    metrics: a.metrics.clone(),
+                    outcomes: a.outcomes,
+                    cohort: a.cohort.clone(),
+                    below_gate: a.below_gate_in_a_row > 0,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The `health` stage: the check with what this run observed; an unhealthy model does not stop
-/// the run, but the run ends with exit code 1.
+/// the run, but the run ends with exit code 1. Each model's accuracy reading joins the history.
 pub async fn run_stage(ctx: &StageCtx) -> Result<StageDone> {
-    let observed = observe(&ctx.shared.artifacts, ctx.upstream.values()).await?;
+    let store = &ctx.shared.artifacts;
+    let observed = observe(store, ctx.upstream.values()).await?;
     let report = run(
         ctx.pipeline(),
         &ctx.shared.registry,
         &observed,
+        Some((store, &ctx.shared.run_id)),
         ctx.shared.as_of,
     )
     .await?;
@@ -340,6 +525,9 @@ pub async fn run_stage(ctx: &StageCtx) -> Result<StageDone> {
         ctx.emit(e);
     }
     ctx.write_json("health", "health.json", &report).await?;
+    for r in report.readings(&ctx.shared.run_id) {
+        store.put_json(&r.path(), &r).await?;
+    }
     let mut done = StageDone::new(Summary {
         healthy: report.healthy,
         models: report

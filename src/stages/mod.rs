@@ -13,10 +13,12 @@
 //! | [`fairness`] | holdout tables and the clean rows' attributes | `fairness.json` |
 //! | [`drift`] | two clean tables, scores and holdouts | `drift.json` |
 //! | [`register`] | train, fairness and drift results | registry commits, `register.json` |
-//! | [`health`] | the registry, this run's drift and scoring speed | `health.json` |
+//! | [`evaluate`] | outcomes, the scoring history of earlier runs, the registry | `evaluate.json`, realized cohorts |
+//! | [`health`] | the registry, this run's drift, scoring and evaluation, the accuracy history | `health.json`, accuracy readings |
 
 pub mod context;
 pub mod drift;
+pub mod evaluate;
 pub mod fairness;
 pub mod faults;
 pub mod health;
@@ -52,6 +54,8 @@ pub struct StageDone {
     /// Checks that failed (a gate, an unhealthy model): the stage succeeded, but the run ends
     /// with exit code 1.
     pub check_failures: Vec<String>,
+    /// What the stage noticed and people should read (counted rows it could not use, ...).
+    pub warnings: Vec<String>,
 }
 
 impl StageDone {
@@ -61,6 +65,7 @@ impl StageDone {
             inputs: Default::default(),
             valid_until: None,
             check_failures: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -72,7 +77,16 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
         StageParams::Validate { datasets } => validate::run(ctx, datasets).await,
         StageParams::Prepare { dataset, holdout } => prepare::run(ctx, dataset, *holdout).await,
         StageParams::Train { model } => train::run(ctx, model).await,
-        StageParams::Score { dataset, models } => score::run(ctx, dataset, models).await,
+        StageParams::Score {
+            dataset,
+            models,
+            from,
+        } => score::run(ctx, dataset, models, *from).await,
+        StageParams::Evaluate {
+            outcomes,
+            models,
+            horizon,
+        } => evaluate::run(ctx, outcomes, models, *horizon).await,
         StageParams::Fairness { models } => fairness::run(ctx, models).await,
         StageParams::Register { models } => register::run(ctx, models).await,
         StageParams::Health => health::run_stage(ctx).await,
@@ -110,13 +124,16 @@ pub fn kind_version(kind: StageKind) -> u32 {
         // 2: logistic gradients use an inline `exp` (probabilities differ in the 11th digit).
         // 3: features of few bins share histogram bytes, ordered leaves (bins' sums added in
         // another order: predictions differ in their last digits).
-        StageKind::Train => 3,
-        StageKind::Score => 1,
+        // 4: binary models calibrated on a slice of the training side; estimators in the artifact.
+        StageKind::Train => 4,
+        // 2: estimates, business figures, attribute columns, the scoring history.
+        StageKind::Score => 2,
         StageKind::Drift => 1,
         // 2: bootstrap resamples drawn as multinomial counts (other intervals, same method).
         StageKind::Fairness => 2,
         StageKind::Register => 1,
         StageKind::Health => 1,
+        StageKind::Evaluate => 1,
     }
 }
 
@@ -142,13 +159,19 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
         StageParams::Validate { datasets: d } => {
             serde_json::json!({ "kind": kind, "datasets": datasets(d), "quality": p.quality, "pseudonyms": p.pseudonyms.scheme() })
         }
-        StageParams::Prepare { dataset, .. } | StageParams::Score { dataset, .. } => {
+        StageParams::Prepare { dataset, .. } => {
             serde_json::json!({ "kind": kind, "datasets": datasets(std::slice::from_ref(dataset)) })
+        }
+        // The attributes' columns and the business figures are in its outputs.
+        StageParams::Score { dataset, .. } => {
+            serde_json::json!({ "kind": kind, "datasets": datasets(std::slice::from_ref(dataset)), "fairness": p.fairness.attributes, "business": p.business })
         }
         StageParams::Train { model } => {
             serde_json::json!({ "kind": kind, "model": p.models[model] })
         }
-        StageParams::Drift { .. } | StageParams::Health => serde_json::json!({ "kind": kind }),
+        StageParams::Drift { .. } | StageParams::Health | StageParams::Evaluate { .. } => {
+            serde_json::json!({ "kind": kind })
+        }
         StageParams::Fairness { .. } => {
             serde_json::json!({ "kind": kind, "fairness": p.fairness, "seed": p.seed })
         }
@@ -224,7 +247,12 @@ async fn read_dataset(
         return Ok(t.clone());
     }
     progress.set_message(format!("reading {name} ({} files)", located.files.len()));
-    let t = Arc::new(crate::data::reader::read_dataset(ds, &located, None).await?);
+    let t = Arc::new(if located.files.is_empty() && ds.optional {
+        // Not there yet: no rows, with the declared columns.
+        crate::data::Table::empty(ds)
+    } else {
+        crate::data::reader::read_dataset(ds, &located, None).await?
+    });
     shared.datasets.lock().unwrap().insert(key, t.clone());
     Ok(t)
 }

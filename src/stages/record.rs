@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{drift, fairness, health, load, prepare, register, score, train, validate};
+use super::{drift, evaluate, fairness, health, load, prepare, register, score, train, validate};
 use crate::config::StageKind;
 
 /// The state of one stage within a run.
@@ -49,7 +49,7 @@ impl StageStatus {
 }
 
 /// One file a stage wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputRecord {
     /// The stage's name for it, e.g. `quality` or `customers.clean`.
     pub name: String,
@@ -118,6 +118,7 @@ summaries! {
     Drift(drift) => drift,
     Fairness(fairness) => fairness,
     Register(register) => register,
+    Evaluate(evaluate) => evaluate,
     Health(health) => health,
 }
 

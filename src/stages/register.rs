@@ -309,12 +309,15 @@ fn decide(
             None
         }
     };
+    // The run's as-of date (the training date): a backfill's model is as old as its data.
+    let doc_date = doc.training_date.clone();
     let mut changes = vec![Change::Registered { doc: Box::new(doc) }];
     if let Some(reason) = promote {
         changes.push(Change::Promoted {
             version,
             reason,
             rollback: false,
+            deployed_on: Some(doc_date.clone()),
         });
     }
     Decided::Changes(changes)
@@ -381,9 +384,10 @@ fn score_on_holdout(
     metric: Metric,
 ) -> Result<f64> {
     let rows = holdout::row_numbers(table)?;
-    let (pred, _) = a
+    let pred = a
         .predict_rows(clean, Some(&rows))
-        .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?;
+        .map_err(|e| Error::Data(format!("production model cannot score this holdout: {e}")))?
+        .values;
     let y: Vec<f64> = holdout::column(table, "target")?;
     let m = crate::metrics::evaluate(task, &y, &pred, threshold)
         .map_err(|e| Error::Data(e.to_string()))?;

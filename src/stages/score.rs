@@ -1,12 +1,19 @@
-//! `score`: applies every trained model to the validated rows of a dataset (the "results
-//! table" of the platform this pipeline replaces). Writes `scores.parquet`: the key columns (personal-data keys as the pseudonyms
-//! `validate` wrote, see [`crate::data::pseudonym`]), one prediction column per model
-//! (probabilities for binary models), one version column per model, and `scored_at`. Categories
-//! a model never saw in training are scored with the shared "other" code and counted.
+//! `score`: applies each model to the validated rows of a dataset (the "results table" of the
+//! platform this pipeline replaces): the models this run trained, or with `models_from =
+//! "registry"` each model's production version. Writes `scores.parquet`: the key columns
+//! (personal-data keys as the pseudonyms `validate` wrote, see [`crate::data::pseudonym`]), the
+//! fairness attributes' columns, one prediction column per model (calibrated probabilities for
+//! binary models), one version column per model, and `scored_at`. Categories a model never saw
+//! in training are scored with the shared "other" code and counted.
+//!
+//! Each model's performance on these rows is estimated as they are scored (CBPE, DLE; see
+//! [`crate::model::estimate`]), the business figures are computed ([`crate::business`]), and
+//! each model's scoring is added to the history ([`crate::history::Cohort`]) for the `evaluate`
+//! stages of later runs.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use indexmap::IndexMap;
@@ -14,7 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::context::StageCtx;
 use super::StageDone;
+use crate::config::ModelSource;
 use crate::error::{Error, Result};
+use crate::history::Cohort;
+use crate::model::estimate::Estimates;
 use crate::model::{Artifact, Task};
 
 /// What a score stage reports.
@@ -23,6 +33,9 @@ pub struct Summary {
     pub dataset: String,
     pub rows: u64,
     pub models: IndexMap<String, Scored>,
+    /// The business figures (with a `[business]` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business: Option<crate::business::Figures>,
 }
 
 /// One model's scores of the dataset.
@@ -31,7 +44,8 @@ pub struct Scored {
     pub rows: u64,
     #[serde(deserialize_with = "crate::json::nan_if_null")]
     pub mean_prediction: f64,
-    /// The artifact version the scores carry (see [`artifact_version`]).
+    /// The version the scores carry: the registry's id for a production version, else
+    /// [`artifact_version`].
     pub version: String,
     /// Per feature, categories never seen in training (scored as "other").
     pub unseen_categories: std::collections::BTreeMap<String, u64>,
@@ -40,6 +54,10 @@ pub struct Scored {
     /// Binary models: the share predicted positive at the threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_rate: Option<f64>,
+    /// The performance estimated on these rows, with its bands (absent for a model trained
+    /// before estimation existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated: Option<Estimates>,
 }
 
 impl Summary {
@@ -68,69 +86,194 @@ fn repeated(value: &str, n: usize) -> StringArray {
     StringArray::new(offsets, values, None)
 }
 
-pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<StageDone> {
+/// A model to score with, and the version its scores carry.
+struct Scorer {
+    artifact: Artifact,
+    version: String,
+    sha256: String,
+}
+
+/// The model `m` as the stage applies it: trained in this run (or reused), or the registry's
+/// production version.
+async fn scorer(ctx: &StageCtx, m: &str, from: ModelSource) -> Result<Scorer> {
+    match from {
+        ModelSource::Run => {
+            let trained = ctx.trained(m)?;
+            let out = trained.output("model")?.clone();
+            let run = trained.run_id(&ctx.shared.run_id).to_string();
+            Ok(Scorer {
+                artifact: ctx.read_json(&out).await?,
+                version: artifact_version(&run, &out.sha256),
+                sha256: out.sha256,
+            })
+        }
+        ModelSource::Registry => {
+            let registry = &ctx.shared.registry;
+            let st = registry.state(m).await?;
+            let doc = st.production.and_then(|v| st.versions.get(&v)).ok_or_else(|| {
+                Error::Data(format!(
+                    "stage `{}`: model `{m}` has no production version in the registry at {}; run the training pipeline first, or `mlpipe registry promote {m} VERSION`",
+                    ctx.stage.name,
+                    registry.store().url()
+                ))
+            })?;
+            Ok(Scorer {
+                artifact: registry.artifact(doc).await?,
+                version: doc.model_id.clone(),
+                sha256: doc.artifact_sha256.clone(),
+            })
+        }
+    }
+}
+
+pub async fn run(
+    ctx: &StageCtx,
+    dataset: &str,
+    models: &[String],
+    from: ModelSource,
+) -> Result<StageDone> {
     let name = format!("{dataset}.clean");
     let source = ctx.upstream_output(&name, "validate")?;
     let table = ctx.read_table(&source).await?;
-    let keys = ctx.pipeline().datasets[dataset].primary_key.clone();
+    let p = ctx.pipeline();
+    let keys = p.datasets[dataset].primary_key.clone();
     let mut fields: Vec<Field> = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();
+    let take = |c: &str, fields: &mut Vec<Field>, cols: &mut Vec<ArrayRef>| -> bool {
+        match table.column_by_name(c) {
+            Some(a) if !fields.iter().any(|f| f.name() == c) => {
+                fields.push(Field::new(c, a.data_type().clone(), true));
+                cols.push(a.clone());
+                true
+            }
+            _ => false,
+        }
+    };
     for k in &keys {
-        let c = table
-            .column_by_name(k)
-            .ok_or_else(|| Error::Data(format!("key `{k}` missing from `{dataset}`")))?;
-        fields.push(Field::new(k, c.data_type().clone(), true));
-        cols.push(c.clone());
+        if !take(k, &mut fields, &mut cols) {
+            return Err(Error::Data(format!("key `{k}` missing from `{dataset}`")));
+        }
+    }
+    // The fairness attributes, so that realized fairness can be measured when outcomes arrive.
+    let mut attributes = Vec::new();
+    for a in p.fairness.attributes.values() {
+        if take(&a.column, &mut fields, &mut cols) || keys.contains(&a.column) {
+            attributes.push(a.column.clone());
+        }
     }
     let mut summary = Summary {
         dataset: dataset.to_string(),
         rows: table.num_rows() as u64,
         models: IndexMap::new(),
+        business: None,
     };
+    let mut predictions: IndexMap<String, Arc<Float64Array>> = IndexMap::new();
+    let mut cohorts = Vec::new();
+    let scored_at = ctx
+        .shared
+        .as_of
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for m in models {
-        let trained = ctx.trained(m)?;
-        let out = trained.output("model")?.clone();
-        let run = trained.run_id(&ctx.shared.run_id).to_string();
-        let artifact: Artifact = ctx.read_json(&out).await?;
+        let Scorer {
+            artifact,
+            version,
+            sha256,
+        } = scorer(ctx, m, from).await?;
         let t = table.clone();
         let a = artifact.clone();
         let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
-        let (pred, matrix) = tokio::task::spawn_blocking(move || span.in_scope(|| a.predict(&t)))
-            .await
-            .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
-            .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
-        let version = artifact_version(&run, &out.sha256);
-        let mean = pred.iter().sum::<f64>() / pred.len().max(1) as f64;
+        let scored = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                let p = a.score(&t)?;
+                let e = a.estimate(&p);
+                Ok::<_, String>((p, e))
+            })
+        })
+        .await
+        .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
+        .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
+        let (pred, estimated) = scored;
+        let values = &pred.values;
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
         let positive_rate = (artifact.task == Task::Binary).then(|| {
-            pred.iter().filter(|p| **p >= artifact.threshold).count() as f64
-                / pred.len().max(1) as f64
+            values.iter().filter(|p| **p >= artifact.threshold).count() as f64
+                / values.len().max(1) as f64
         });
-        let bounds = crate::telemetry::events::score_bounds(&pred);
+        let bounds = crate::telemetry::events::score_bounds(values);
         ctx.emit(crate::telemetry::Event::ModelScored {
             model: m,
             version: &version,
-            rows: pred.len(),
-            distribution: crate::telemetry::events::distribution(&pred, &bounds),
+            rows: values.len(),
+            distribution: crate::telemetry::events::distribution(values, &bounds),
             positive_rate,
         });
-        if !matrix.unseen.is_empty() {
-            tracing::warn!(stage = %ctx.stage.name, model = %m, unseen = ?matrix.unseen, "categories never seen in training were scored as 'other'");
+        for (metric, e) in estimated.iter().flatten() {
+            ctx.emit(crate::telemetry::Event::PerformanceEstimated {
+                model: m,
+                metric: metric.name(),
+                estimate: *e,
+            });
+        }
+        if !pred.fills.unseen.is_empty() {
+            tracing::warn!(stage = %ctx.stage.name, model = %m, unseen = ?pred.fills.unseen, "categories never seen in training were scored as 'other'");
         }
         summary.models.insert(
             m.clone(),
             Scored {
-                rows: pred.len() as u64,
+                rows: values.len() as u64,
                 mean_prediction: mean,
                 version: version.clone(),
-                unseen_categories: matrix.unseen,
-                imputed_values: matrix.imputed,
+                unseen_categories: pred.fills.unseen,
+                imputed_values: pred.fills.imputed,
                 positive_rate,
+                estimated: estimated.clone(),
             },
         );
+        cohorts.push(Cohort {
+            model: m.clone(),
+            task: artifact.task,
+            scored_at: scored_at.clone(),
+            run_id: ctx.shared.run_id.clone(),
+            dataset: dataset.to_string(),
+            version: version.clone(),
+            artifact_sha256: sha256,
+            threshold: artifact.threshold,
+            selection_threshold: artifact.selection_threshold.unwrap_or(artifact.threshold),
+            rows: values.len() as u64,
+            key: keys.clone(),
+            pii_keys: keys
+                .iter()
+                .map(|k| p.datasets[dataset].pii.contains(k))
+                .collect(),
+            pseudonyms: p.pseudonyms.scheme(),
+            // Filled in once the table is written.
+            scores: Default::default(),
+            column: m.clone(),
+            attributes: attributes.clone(),
+            estimated,
+        });
+        let column = Arc::new(Float64Array::from(pred.values));
+        predictions.insert(m.clone(), column.clone());
         fields.push(Field::new(m, DataType::Float64, false));
-        cols.push(Arc::new(Float64Array::from(pred)));
+        cols.push(column);
         fields.push(Field::new(format!("{m}_version"), DataType::Utf8, false));
         cols.push(Arc::new(repeated(&version, table.num_rows())));
+    }
+    if let Some(b) = &p.business {
+        let of = |m: &Option<String>| {
+            m.as_ref()
+                .and_then(|m| predictions.get(m))
+                .map(|a| a.values().as_ref())
+        };
+        let f = crate::business::figures(
+            b,
+            table.num_rows(),
+            of(&b.churn_model),
+            of(&b.ltv_model),
+            of(&b.engagement_model),
+        );
+        ctx.emit(crate::telemetry::Event::BusinessFigures { figures: &f });
+        summary.business = Some(f);
     }
     let at = ctx.shared.as_of.timestamp_micros();
     fields.push(Field::new(
@@ -143,7 +286,11 @@ pub async fn run(ctx: &StageCtx, dataset: &str, models: &[String]) -> Result<Sta
     ));
     let scores = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
         .map_err(|e| Error::Infra(format!("scores table: {e}")))?;
-    ctx.write_table("scores", "scores.parquet", scores).await?;
+    let out = ctx.write_table("scores", "scores.parquet", scores).await?;
+    for mut c in cohorts {
+        c.scores = out.clone();
+        ctx.shared.artifacts.put_json(&c.path(), &c).await?;
+    }
     Ok(StageDone::new(summary))
 }
 

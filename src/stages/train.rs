@@ -2,6 +2,12 @@
 //! the holdout side, and checks its gates. Writes `model.json` (the artifact, with its fitted
 //! transform), `metrics.json` ([`Report`]), and `holdout.parquet` (`_row` in the clean data,
 //! target, prediction) for the fairness, drift and register stages.
+//!
+//! A binary model's probabilities are calibrated on a slice of the training side kept out of
+//! the fit (the highest tenth of its buckets; never the holdout), and their calibration is
+//! measured on the holdout ([`CalibrationReport`]). The artifact also carries what estimates
+//! the model's performance before outcomes are known, fitted on the holdout: CBPE's reference
+//! for a binary model, DLE's loss models for a regression one (see [`crate::model::estimate`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,14 +24,42 @@ use crate::config::{Gate, Model};
 use crate::data::split;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::model::calibration;
+use crate::model::estimate::{cbpe, dle, Estimator};
 use crate::model::transform::{Encoded, Transform};
 use crate::model::{Artifact, Task};
 
 /// Rows on each side of the split.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rows {
+    /// Training rows, the calibration slice included.
     pub train: usize,
     pub holdout: usize,
+    /// Training rows set aside to calibrate a binary model's probabilities (not fitted on).
+    #[serde(default)]
+    pub calibration: usize,
+}
+
+/// How a binary model's probabilities were calibrated, and how calibrated they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    /// The calibrator the artifact applies: `none`, `isotonic` or `platt`.
+    pub method: String,
+    /// The model's `calibration`: `auto` chose the candidate with the lowest cross-fitted error.
+    pub requested: calibration::Choice,
+    /// `auto`: each candidate's Brier score (which decides) and expected calibration error,
+    /// cross-fitted on the slice.
+    pub candidates: Vec<calibration::Candidate>,
+    /// The holdout's expected calibration error ([`calibration::BINS`] bins of equal count)
+    /// before and after calibration.
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub holdout_ece_uncalibrated: f64,
+    #[serde(deserialize_with = "crate::json::nan_if_null")]
+    pub holdout_ece: f64,
+    /// The holdout's reliability curve ([`calibration::BINS`] equal-width bins), before and
+    /// after calibration.
+    pub reliability_uncalibrated: Vec<calibration::ReliabilityBin>,
+    pub reliability: Vec<calibration::ReliabilityBin>,
 }
 
 /// A gate and how the model did against it.
@@ -56,6 +90,12 @@ pub struct Report {
     pub training_seconds: f64,
     /// Each feature's share of the model's importance (absent for algorithms without one).
     pub feature_importance: Option<IndexMap<String, f64>>,
+    /// Binary models: calibration on the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
+    /// How performance is estimated before outcomes: `cbpe` or `dle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimator: Option<String>,
 }
 
 /// What a train stage reports.
@@ -71,6 +111,11 @@ pub struct Summary {
     /// What counts as "selected" for fairness: the decision threshold of a binary model, the
     /// training median of the target for a regression model.
     pub selection_threshold: f64,
+    /// Binary models: the calibrator kept and the holdout's calibration error after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
 }
 
 impl Summary {
@@ -121,6 +166,7 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         gates,
         rows,
         selection_threshold,
+        calibration,
     } = fitted;
     let summary = Summary {
         model: model_name.to_string(),
@@ -131,6 +177,8 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         training_seconds,
         rows,
         selection_threshold,
+        calibration: calibration.as_ref().map(|c| c.method.clone()),
+        ece: calibration.as_ref().map(|c| c.holdout_ece),
     };
     let failed: Vec<String> = summary.failed_gates().map(|g| g.to_string()).collect();
     for (k, v) in &summary.metrics {
@@ -138,6 +186,13 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
             model: model_name,
             metric: k.name(),
             value: *v,
+        });
+    }
+    if let Some(c) = &calibration {
+        ctx.emit(crate::telemetry::Event::ModelCalibrated {
+            model: model_name,
+            method: &c.method,
+            ece: c.holdout_ece,
         });
     }
     ctx.emit(crate::telemetry::Event::ModelTrained {
@@ -158,6 +213,8 @@ pub async fn run(ctx: &StageCtx, model_name: &str) -> Result<StageDone> {
         passed: summary.passed,
         training_seconds,
         feature_importance: importance(&artifact),
+        calibration,
+        estimator: artifact.estimator.as_ref().map(|e| e.name().to_string()),
     };
     ctx.write_json("metrics", "metrics.json", &report).await?;
     ctx.write_table("holdout", "holdout.parquet", holdout)
@@ -177,11 +234,30 @@ struct Fitted {
     gates: Vec<GateOutcome>,
     rows: Rows,
     selection_threshold: f64,
+    calibration: Option<CalibrationReport>,
+}
+
+/// The training side's calibration slice: its highest tenth of buckets (at least one), for a
+/// binary model that calibrates; the rest of the training side fits the model.
+fn calibration_slice(
+    buckets: &[u8],
+    train_rows: &[u32],
+    cut: u8,
+    model: &Model,
+) -> (Vec<u32>, Vec<u32>) {
+    if model.task != Task::Binary || model.calibration == calibration::Choice::None {
+        return (train_rows.to_vec(), Vec::new());
+    }
+    let from = cut - cut.div_ceil(10).max(1);
+    train_rows
+        .iter()
+        .partition(|&&r| buckets[r as usize] < from)
 }
 
 fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
     let b = split::split_buckets(table, &recipe.dataset).map_err(|e| e.to_string())?;
     let (train_rows, hold_rows) = split::sides(&b, recipe.cut());
+    let (fit_rows, slice_rows) = calibration_slice(&b, &train_rows, recipe.cut(), model);
     let y = crate::model::target(
         table,
         &model.target,
@@ -189,7 +265,8 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         model.positive_label.as_deref(),
     )?;
     let transform = Transform::fit(table, &model.features, &train_rows)?;
-    let yt: Vec<f64> = train_rows.iter().map(|&r| y[r as usize]).collect();
+    let pick = |rows: &[u32]| -> Vec<f64> { rows.iter().map(|&r| y[r as usize]).collect() };
+    let yt = pick(&fit_rows);
     if model.task == Task::Binary && (yt.iter().all(|v| *v == 0.0) || yt.iter().all(|v| *v == 1.0))
     {
         return Err(format!(
@@ -201,11 +278,11 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
     let xt = Encoded {
         transform: &transform,
         batch: table,
-        rows: Some(&train_rows),
+        rows: Some(&fit_rows),
     };
     let fitted = tracing::info_span!("fit", model = %model.name, algorithm = model.algorithm.name(), rows = yt.len())
         .in_scope(|| model.algorithm.fit_columns(&xt, &yt, model.task, &transform))?;
-    let artifact = Artifact {
+    let mut artifact = Artifact {
         format_version: 1,
         name: model.name.clone(),
         task: model.task,
@@ -215,6 +292,9 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         threshold: model.threshold,
         transform,
         fitted,
+        calibrator: Default::default(),
+        estimator: None,
+        selection_threshold: None,
     };
     if let Some(what) = artifact.fitted.non_finite_parameter() {
         return Err(format!(
@@ -222,17 +302,34 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
             model.algorithm.name()
         ));
     }
-    let (ph, _) = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
-        .in_scope(|| artifact.predict_rows(table, Some(&hold_rows)))?;
-    if let Some(r) = ph.iter().position(|p| !p.is_finite()) {
+    // The calibrator, from the slice's uncalibrated probabilities.
+    let mut candidates = Vec::new();
+    if !slice_rows.is_empty() {
+        let ys = pick(&slice_rows);
+        let ps = tracing::info_span!("predict", model = %model.name, rows = slice_rows.len())
+            .in_scope(|| artifact.predict_rows(table, Some(&slice_rows)))?
+            .values;
+        (artifact.calibrator, candidates) = calibration::choose(model.calibration, &ps, &ys);
+    }
+    let raw = tracing::info_span!("predict", model = %model.name, rows = hold_rows.len())
+        .in_scope(|| {
+            let calibrator = std::mem::take(&mut artifact.calibrator);
+            let p = artifact.predict_rows(table, Some(&hold_rows));
+            artifact.calibrator = calibrator;
+            p
+        })?;
+    let ph_raw = raw.values;
+    if let Some(r) = ph_raw.iter().position(|p| !p.is_finite()) {
         return Err(format!(
             "the fitted {} model predicts {} for holdout row {}; look for extreme values in its features (or use algorithm `gbdt`, which bins them)",
             model.algorithm.name(),
-            ph[r],
+            ph_raw[r],
             hold_rows[r]
         ));
     }
-    let yh: Vec<f64> = hold_rows.iter().map(|&r| y[r as usize]).collect();
+    let mut ph = ph_raw.clone();
+    artifact.calibrator.apply_all(&mut ph);
+    let yh = pick(&hold_rows);
     let metrics = crate::metrics::evaluate(model.task, &yh, &ph, model.threshold)
         .map_err(|e| format!("holdout metrics: {e}"))?;
     let gates = model
@@ -247,6 +344,23 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
             }
         })
         .collect();
+    let calibration = (model.task == Task::Binary).then(|| CalibrationReport {
+        method: artifact.calibrator.name().to_string(),
+        requested: model.calibration,
+        candidates,
+        holdout_ece_uncalibrated: calibration::expected_calibration_error(
+            &yh,
+            &ph_raw,
+            calibration::BINS,
+        ),
+        holdout_ece: calibration::expected_calibration_error(&yh, &ph, calibration::BINS),
+        reliability_uncalibrated: calibration::reliability_curve(&yh, &ph_raw, calibration::BINS),
+        reliability: calibration::reliability_curve(&yh, &ph, calibration::BINS),
+    });
+    artifact.estimator = Some(
+        tracing::info_span!("estimator", model = %model.name, rows = hold_rows.len())
+            .in_scope(|| estimator(&artifact, table, &hold_rows, &yh, &ph))?,
+    );
     let holdout = RecordBatch::try_from_iter(vec![
         (
             "_row",
@@ -260,8 +374,12 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
     .map_err(|e| e.to_string())?;
     let selection_threshold = match model.task {
         Task::Binary => model.threshold,
-        Task::Regression => crate::stats::quantile(&mut yt.clone(), 0.5).unwrap_or(0.0),
+        Task::Regression => {
+            let mut all = pick(&train_rows);
+            crate::stats::quantile(&mut all, 0.5).unwrap_or(0.0)
+        }
     };
+    artifact.selection_threshold = Some(selection_threshold);
     Ok(Fitted {
         artifact,
         metrics,
@@ -270,8 +388,39 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         rows: Rows {
             train: train_rows.len(),
             holdout: hold_rows.len(),
+            calibration: slice_rows.len(),
         },
         selection_threshold,
+        calibration,
+    })
+}
+
+/// What estimates the model's performance before outcomes, fitted on the holdout (targets `y`,
+/// the model's final predictions `p`): CBPE's reference for a binary model, DLE's loss models on
+/// the encoded features and the prediction for a regression one.
+fn estimator(
+    a: &Artifact,
+    table: &RecordBatch,
+    hold_rows: &[u32],
+    y: &[f64],
+    p: &[f64],
+) -> std::result::Result<Estimator, String> {
+    Ok(match a.task {
+        Task::Binary => {
+            let yb: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
+            Estimator::Cbpe(cbpe::Reference::fit(&yb, p, a.threshold))
+        }
+        Task::Regression => {
+            let cols = (0..a.transform.features.len())
+                .map(|f| {
+                    let mut c = Vec::new();
+                    a.transform.encode(f, table, Some(hold_rows), &mut c)?;
+                    Ok(c)
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            let views: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+            Estimator::Dle(Box::new(dle::Dle::fit(&views, y, p)))
+        }
     })
 }
 

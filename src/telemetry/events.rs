@@ -105,6 +105,39 @@ pub enum Event<'a> {
         /// Unix time the production version was registered.
         updated: Option<f64>,
         reasons: String,
+        /// The accuracy the check used.
+        accuracy: Option<&'a crate::stages::health::Accuracy>,
+    },
+    /// A binary model's calibration on the holdout.
+    ModelCalibrated {
+        model: &'a str,
+        method: &'a str,
+        ece: f64,
+    },
+    /// A metric estimated on scored customers before outcomes.
+    PerformanceEstimated {
+        model: &'a str,
+        metric: &'a str,
+        estimate: crate::model::estimate::Estimate,
+    },
+    /// A metric realized on a version's latest cohort with outcomes.
+    AccuracyRealized {
+        model: &'a str,
+        version: &'a str,
+        metric: &'a str,
+        value: f64,
+    },
+    /// Outcomes joined with a version's scores.
+    OutcomesJoined {
+        model: &'a str,
+        version: &'a str,
+        outcomes: u64,
+    },
+    /// The churn rate realized by the latest evaluated cohort of the churn model.
+    ChurnRealized { rate: f64 },
+    /// The business figures of a scoring.
+    BusinessFigures {
+        figures: &'a crate::business::Figures,
     },
 }
 
@@ -276,10 +309,19 @@ impl Event<'_> {
                 model,
                 version,
                 healthy: true,
+                accuracy,
                 ..
-            } => {
-                tracing::info!(model, model_version = version, "model healthy")
-            }
+            } => match accuracy.filter(|a| a.below_gate_in_a_row > 0) {
+                None => tracing::info!(model, model_version = version, "model healthy"),
+                Some(a) => tracing::warn!(
+                    model,
+                    model_version = version,
+                    source = a.source.as_str(),
+                    below_gate_in_a_row = a.below_gate_in_a_row,
+                    evaluation_periods = a.evaluation_periods,
+                    "model accuracy below its gate; retraining is due if it stays there"
+                ),
+            },
             Event::ModelHealth {
                 model,
                 version,
@@ -293,6 +335,53 @@ impl Event<'_> {
                     "model unhealthy: retraining is due"
                 )
             }
+            Event::ModelCalibrated { model, method, ece } => {
+                tracing::info!(model, method, ece, "calibration measured")
+            }
+            Event::PerformanceEstimated {
+                model,
+                metric,
+                estimate,
+            } => tracing::info!(
+                model,
+                metric,
+                value = estimate.value,
+                lower = estimate.lower,
+                upper = estimate.upper,
+                "performance estimated"
+            ),
+            Event::AccuracyRealized {
+                model,
+                version,
+                metric,
+                value,
+            } => tracing::info!(
+                model,
+                model_version = version,
+                metric,
+                value,
+                "performance realized"
+            ),
+            Event::OutcomesJoined {
+                model,
+                version,
+                outcomes,
+            } => tracing::info!(
+                model,
+                model_version = version,
+                outcomes,
+                "outcomes joined with scores"
+            ),
+            Event::ChurnRealized { rate } => tracing::info!(rate, "churn realized"),
+            Event::BusinessFigures { figures } => tracing::info!(
+                customers = figures.customers,
+                predicted_churn_rate = figures.predicted_churn_rate,
+                average_predicted_ltv = figures.average_predicted_ltv,
+                average_engagement_score = figures.average_engagement_score,
+                revenue_at_risk = figures.revenue_at_risk,
+                segments = ?figures.segments,
+                "business figures"
+            ),
         }
     }
 
@@ -475,9 +564,7 @@ impl Event<'_> {
                         *n as f64,
                     ));
                 }
-                if let (Some(r), "churn") = (positive_rate, *model) {
-                    v.push(s("predicted_churn_rate", &[], *r));
-                }
+                let _ = positive_rate;
                 v
             }
             Event::ModelRegistered { .. } => Vec::new(),
@@ -485,6 +572,7 @@ impl Event<'_> {
                 model,
                 healthy,
                 updated,
+                accuracy,
                 ..
             } => {
                 let mut v = vec![s(
@@ -494,6 +582,76 @@ impl Event<'_> {
                 )];
                 if let Some(t) = updated {
                     v.push(s("model_last_updated_timestamp", &[("model", model)], *t));
+                }
+                if let Some(a) = accuracy {
+                    for (metric, x) in &a.metrics {
+                        let l = [
+                            ("model", *model),
+                            ("metric", metric.name()),
+                            ("source", a.source.as_str()),
+                        ];
+                        v.push(s("model_accuracy_observed", &l, *x));
+                    }
+                    v.push(s(
+                        "model_accuracy_below_gate_evaluations",
+                        &[("model", model)],
+                        f64::from(a.below_gate_in_a_row),
+                    ));
+                }
+                v
+            }
+            Event::ModelCalibrated { model, ece, .. } => {
+                vec![s("model_calibration_error", &[("model", model)], *ece)]
+            }
+            Event::PerformanceEstimated {
+                model,
+                metric,
+                estimate,
+            } => {
+                let l = [("model", *model), ("metric", *metric)];
+                vec![
+                    s("model_accuracy_estimated", &l, estimate.value),
+                    s("model_accuracy_estimated_lower", &l, estimate.lower),
+                    s("model_accuracy_estimated_upper", &l, estimate.upper),
+                ]
+            }
+            Event::AccuracyRealized {
+                model,
+                version,
+                metric,
+                value,
+            } => vec![s(
+                "model_accuracy_realized",
+                &[("model", model), ("version", version), ("metric", metric)],
+                *value,
+            )],
+            Event::OutcomesJoined {
+                model,
+                version,
+                outcomes,
+            } => vec![s(
+                "model_outcomes_joined",
+                &[("model", model), ("version", version)],
+                *outcomes as f64,
+            )],
+            Event::ChurnRealized { rate } => vec![
+                s("realized_churn_rate", &[], *rate),
+                s("realized_retention_rate", &[], 1.0 - rate),
+            ],
+            Event::BusinessFigures { figures: f } => {
+                let mut v = Vec::new();
+                let mut put = |name: &str, x: Option<f64>| {
+                    if let Some(x) = x {
+                        v.push(s(name, &[], x));
+                    }
+                };
+                put("predicted_churn_rate", f.predicted_churn_rate);
+                put("predicted_retention_rate", f.predicted_retention_rate);
+                put("average_predicted_ltv_dollars", f.average_predicted_ltv);
+                put("average_engagement_score", f.average_engagement_score);
+                put("revenue_impact_dollars", f.revenue_at_risk);
+                for (seg, n) in &f.segments {
+                    v.push(s("customer_segments_total", &[("segment", seg)], *n as f64));
                 }
                 v
             }

@@ -77,7 +77,22 @@ pub const CATALOGUE: &[MetricDef] = &[
     gauge("model_last_updated_timestamp", "Unix time at which the production model was registered, in seconds, by model."),
     counter("model_predictions_total", "Predictions written by the score stage, by model."),
     gauge("model_score_distribution", "Current customers whose score is at most `upper_bound`, by model (cumulative counts, like histogram buckets)."),
-    gauge("predicted_churn_rate", "Share of current customers the churn model predicts to churn at its threshold (0-1)."),
+    gauge("model_calibration_error", "Expected calibration error of a binary model's probabilities on the holdout, after its calibrator (0-1), by model."),
+    gauge("model_accuracy_estimated", "Performance estimated on the current customers before outcomes are known (CBPE for binary models, DLE for regression), by model and metric."),
+    gauge("model_accuracy_estimated_lower", "Lower end of the estimate's band (three sampling errors), by model and metric."),
+    gauge("model_accuracy_estimated_upper", "Upper end of the estimate's band (three sampling errors), by model and metric."),
+    gauge("model_accuracy_realized", "Performance realized on the latest scored cohort with known outcomes, by model, registry version and metric."),
+    gauge("model_outcomes_joined", "Known outcomes joined with scores in the evaluation, by model and registry version."),
+    gauge("model_accuracy_observed", "The accuracy the health check used (realized, else estimated, else the training holdout; `source` says which), by model and metric."),
+    gauge("model_accuracy_below_gate_evaluations", "Health evaluations in a row with accuracy below a gate, by model; retraining is due at evaluation_periods (3)."),
+    gauge("predicted_churn_rate", "Mean churn probability of the current customers: the expected share that churns (0-1)."),
+    gauge("predicted_retention_rate", "1 - predicted_churn_rate (0-1)."),
+    gauge("realized_churn_rate", "Share of the latest evaluated cohort's customers who churned (0-1)."),
+    gauge("realized_retention_rate", "1 - realized_churn_rate (0-1)."),
+    gauge("average_predicted_ltv_dollars", "Mean predicted 12-month lifetime value of the current customers, in US dollars."),
+    gauge("average_engagement_score", "Mean predicted engagement score of the current customers (0-1)."),
+    gauge("customer_segments_total", "Current customers by churn-risk segment (segments from [business] risk_segments)."),
+    gauge("revenue_impact_dollars", "Revenue at risk: sum over current customers of predicted LTV x churn probability, in US dollars."),
 ];
 
 fn def(name: &str) -> Option<&'static MetricDef> {

@@ -1,14 +1,20 @@
 //! Confidence-based performance estimation (NannyML's CBPE) for binary models. With calibrated
-//! probabilities `p`, a row predicted positive is a true positive with probability `p` and a
-//! false positive with `1 − p`; the sums over the scored rows are the expected confusion
+//! probabilities `q`, a row predicted positive is a true positive with probability `q` and a
+//! false positive with `1 − q`; the sums over the scored rows are the expected confusion
 //! matrix, from which precision, recall and F1 follow, and the expected ROC curve from the same
-//! sums over the rows in decreasing order of probability. The sampling errors come from the
-//! holdout (NannyML's `sampling_error/binary_classification.py`).
+//! sums over the rows in decreasing order of the model's scores. The sampling errors come from
+//! the holdout (NannyML's `sampling_error/binary_classification.py`).
+//!
+//! As NannyML does, the estimator calibrates the model's probabilities once more, on the
+//! holdout (its reference), where that lowers the calibration error out of sample: the model's
+//! own calibrator (fitted on a training slice) is a few thousand rows at small scale, and the
+//! estimate is only as good as the calibration. The published scores are not changed by it.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Estimate, Estimates};
 use crate::metrics::Metric;
+use crate::model::calibration::Calibrator;
 
 /// A metric's sampling-error components from the holdout: the standard deviation of its
 /// observation-level values and the share of rows that carry them; the error for `n` rows is
@@ -35,6 +41,55 @@ pub struct Reference {
     pub precision: Component,
     pub recall: Component,
     pub f1: Component,
+    /// The holdout's rows (for the estimator's own sampling error).
+    #[serde(default)]
+    pub rows: usize,
+    /// Isotonic, fitted on the holdout, when it lowers the calibration error there (NannyML's
+    /// `needs_calibration`); none otherwise.
+    #[serde(default, skip_serializing_if = "Calibrator::is_none")]
+    pub calibrator: Calibrator,
+}
+
+/// NannyML's `needs_calibration`: whether isotonic calibration lowers the expected calibration
+/// error out of sample. NannyML pools the test rows of 10 stratified shuffle splits (10 % each);
+/// here each row is tested once, in 10 stratified folds (rows of each class dealt to the folds
+/// in turn), as random splits cannot be reproduced bit for bit. Not when there is one class, or
+/// when the ranking is already all but perfect (ROC AUC above 0.999).
+pub fn needs_calibration(y: &[bool], p: &[f64]) -> bool {
+    const FOLDS: usize = 10;
+    let pos = y.iter().filter(|t| **t).count();
+    if pos == 0 || pos == y.len() || y.len() < 2 * FOLDS {
+        return false;
+    }
+    if crate::metrics::roc_auc(y, p).is_ok_and(|a| a > 0.999) {
+        return false;
+    }
+    let (mut seen_pos, mut seen_neg) = (0usize, 0usize);
+    let fold: Vec<usize> = y
+        .iter()
+        .map(|&t| {
+            let k = if t { &mut seen_pos } else { &mut seen_neg };
+            *k += 1;
+            *k % FOLDS
+        })
+        .collect();
+    let yf: Vec<f64> = y.iter().map(|t| f64::from(u8::from(*t))).collect();
+    let (mut truth, mut before, mut after) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..FOLDS {
+        let (mut fp, mut fy) = (Vec::new(), Vec::new());
+        for i in (0..y.len()).filter(|&i| fold[i] != k) {
+            fp.push(p[i]);
+            fy.push(yf[i]);
+        }
+        let c = Calibrator::fit_isotonic(&fp, &fy);
+        for i in (0..y.len()).filter(|&i| fold[i] == k) {
+            truth.push(yf[i]);
+            before.push(p[i]);
+            after.push(c.apply(p[i]));
+        }
+    }
+    let ece = |q: &[f64]| crate::model::calibration::expected_calibration_error(&truth, q, 10);
+    ece(&before) > ece(&after)
 }
 
 /// Population standard deviation (`np.std`).
@@ -48,9 +103,20 @@ fn std(v: &[f64]) -> f64 {
 }
 
 impl Reference {
-    /// The sampling-error components of the holdout's outcomes `y` and (calibrated)
-    /// probabilities `p`, with decisions at `threshold`.
+    /// The sampling-error components of the holdout's outcomes `y` and the model's
+    /// probabilities `p`, with decisions at `threshold`, and the estimator's calibrator if
+    /// [`needs_calibration`].
     pub fn fit(y: &[bool], p: &[f64], threshold: f64) -> Reference {
+        let mut r = Reference::fit_uncalibrated(y, p, threshold);
+        if needs_calibration(y, p) {
+            let yf: Vec<f64> = y.iter().map(|t| f64::from(u8::from(*t))).collect();
+            r.calibrator = Calibrator::fit_isotonic(p, &yf);
+        }
+        r
+    }
+
+    /// [`Reference::fit`] without the estimator's calibration (NannyML's `NoopCalibrator`).
+    pub fn fit_uncalibrated(y: &[bool], p: &[f64], threshold: f64) -> Reference {
         let n = y.len() as f64;
         let pred: Vec<bool> = p.iter().map(|v| *v >= threshold).collect();
         let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
@@ -88,27 +154,39 @@ impl Reference {
                 share: y.iter().filter(|t| **t).count() as f64 / n,
             },
             f1,
+            rows: y.len(),
+            calibrator: Calibrator::None,
         }
     }
 
-    /// The estimates for scored rows with (calibrated) probabilities `p`.
-    pub fn estimate(&self, p: &[f64]) -> Estimates {
+    /// The estimates for scored rows with the model's probabilities `p` (its decisions),
+    /// ranked by `rank` (the model's scores before its own calibrator, whose flat steps would
+    /// tie rows the model orders; else `p`). The expected counts are those of `p` after the
+    /// estimator's calibrator.
+    pub fn estimate(&self, p: &[f64], rank: &[f64]) -> Estimates {
         let n = p.len();
+        let q: Vec<f64> = p.iter().map(|v| self.calibrator.apply(*v)).collect();
         let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
-        for &q in p {
-            if q >= self.threshold {
-                tp += q;
-                fp += 1.0 - q;
+        for (&v, &c) in p.iter().zip(&q) {
+            if v >= self.threshold {
+                tp += c;
+                fp += 1.0 - c;
             } else {
-                fn_ += q;
+                fn_ += c;
             }
         }
         let ratio = |a: f64, b: f64| if b != 0.0 { a / b } else { 0.0 };
         let mut out = Estimates::new();
+        let reference = self.rows;
         let mut put = |m: Metric, value: f64, c: &Component| {
-            out.insert(m, Estimate::banded(value, c.error(n), 0.0, 1.0));
+            let r = if reference > 0 {
+                c.error(reference)
+            } else {
+                0.0
+            };
+            out.insert(m, Estimate::banded(value, c.error(n), r, 0.0, 1.0));
         };
-        put(Metric::Auc, expected_roc_auc(p), &self.roc_auc);
+        put(Metric::Auc, expected_roc_auc(&q, rank), &self.roc_auc);
         put(Metric::Precision, ratio(tp, tp + fp), &self.precision);
         put(Metric::Recall, ratio(tp, tp + fn_), &self.recall);
         put(Metric::F1, ratio(tp, tp + 0.5 * (fp + fn_)), &self.f1);
@@ -150,13 +228,13 @@ fn auc_component(y: &[bool], p: &[f64]) -> Component {
     }
 }
 
-/// NannyML's `estimate_roc_auc`: the rows in decreasing order of probability, the expected true
-/// and false positives summed along them (rounded to five decimals, as NannyML does), their
-/// rates' trapezoid area.
-pub fn expected_roc_auc(p: &[f64]) -> f64 {
-    let mut q = p.to_vec();
-    crate::stats::sort_f64(&mut q);
-    q.reverse();
+/// NannyML's `estimate_roc_auc`: the rows in decreasing order of `rank` (the model's scores),
+/// the expected true and false positives of their calibrated probabilities `p` summed along them
+/// (rounded to five decimals, as NannyML does), their rates' trapezoid area.
+pub fn expected_roc_auc(p: &[f64], rank: &[f64]) -> f64 {
+    let mut order: Vec<u32> = (0..p.len() as u32).collect();
+    order.sort_by(|&a, &b| rank[b as usize].total_cmp(&rank[a as usize]));
+    let q: Vec<f64> = order.iter().map(|&i| p[i as usize]).collect();
     let round5 = |v: f64| (v * 1e5).round_ties_even() / 1e5;
     let (mut tps, mut fps) = (
         Vec::with_capacity(q.len() + 1),
@@ -203,8 +281,8 @@ mod tests {
     fn cbpe_matches_nannyml() {
         let (p_ref, y_ref) = binary(7, 3000, 0.0);
         let (p_ana, _) = binary(11, 2000, 0.3);
-        let r = Reference::fit(&y_ref, &p_ref, 0.5);
-        let e = r.estimate(&p_ana);
+        let r = Reference::fit_uncalibrated(&y_ref, &p_ref, 0.5);
+        let e = r.estimate(&p_ana, &p_ana);
         let want = [
             (
                 Metric::Auc,

@@ -28,6 +28,9 @@ pub struct Dle {
     pub squared_error_std: f64,
     #[serde(deserialize_with = "crate::json::nan_if_null")]
     pub squared_error_mean: f64,
+    /// The holdout's rows (for the estimator's own sampling error).
+    #[serde(default)]
+    pub rows: usize,
 }
 
 /// The loss boosters' parameters: LightGBM's regressor defaults (NannyML's inner model).
@@ -69,6 +72,7 @@ impl Dle {
             absolute_error_std,
             squared_error_std,
             squared_error_mean,
+            rows: y.len(),
         }
     }
 
@@ -84,18 +88,71 @@ impl Dle {
     /// The estimates for `n` scored rows whose [`Dle::loss_sums`] are `sums`.
     pub fn estimate(&self, sums: [f64; 2], n: usize) -> Estimates {
         let nf = n as f64;
+        let mae_se = |n: f64| self.absolute_error_std / n.sqrt();
+        let rmse_se =
+            |n: f64| (self.squared_error_std.powi(2) / (4.0 * n * self.squared_error_mean)).sqrt();
+        // The estimator's own error, for the holdout's size (absent from older artifacts).
+        let reference = |se: &dyn Fn(f64) -> f64| {
+            if self.rows > 0 {
+                se(self.rows as f64)
+            } else {
+                0.0
+            }
+        };
         let mut out = Estimates::new();
-        let mae_se = self.absolute_error_std / nf.sqrt();
         out.insert(
             Metric::Mae,
-            Estimate::banded(sums[0] / nf, mae_se, 0.0, f64::INFINITY),
+            Estimate::banded(
+                sums[0] / nf,
+                mae_se(nf),
+                reference(&mae_se),
+                0.0,
+                f64::INFINITY,
+            ),
         );
-        let rmse_se =
-            (self.squared_error_std.powi(2) / (4.0 * nf * self.squared_error_mean)).sqrt();
         out.insert(
             Metric::Rmse,
-            Estimate::banded((sums[1] / nf).sqrt(), rmse_se, 0.0, f64::INFINITY),
+            Estimate::banded(
+                (sums[1] / nf).sqrt(),
+                rmse_se(nf),
+                reference(&rmse_se),
+                0.0,
+                f64::INFINITY,
+            ),
         );
+        out
+    }
+}
+
+impl Dle {
+    /// [`Dle::estimate`] of rows with predictions `pred`, and R² derived from the estimated
+    /// squared error: R² = 1 − MSE / Var(y), with Var(y) taken as Var(ŷ) + MSE (the errors of a
+    /// least-squares fit are uncorrelated with its predictions). NannyML has no R² estimate; this
+    /// one follows the estimated RMSE, its errors the RMSE's through the derivative.
+    pub fn estimate_with_r2(&self, sums: [f64; 2], pred: &[f64]) -> Estimates {
+        let mut out = self.estimate(sums, pred.len());
+        let n = pred.len() as f64;
+        let mean = pred.iter().sum::<f64>() / n;
+        let var = pred.iter().map(|p| (p - mean) * (p - mean)).sum::<f64>() / n;
+        let r2 = |rmse: f64| {
+            let mse = rmse * rmse;
+            1.0 - mse / (var + mse)
+        };
+        if let Some(rmse) = out.get(&Metric::Rmse).copied() {
+            // dR²/dRMSE = −2 RMSE Var(ŷ) / (Var(ŷ) + MSE)².
+            let mse = rmse.value * rmse.value;
+            let slope = 2.0 * rmse.value * var / (var + mse).powi(2);
+            out.insert(
+                Metric::R2,
+                Estimate::banded(
+                    r2(rmse.value),
+                    slope * rmse.sampling_error,
+                    slope * rmse.reference_error,
+                    f64::NEG_INFINITY,
+                    1.0,
+                ),
+            );
+        }
         out
     }
 }

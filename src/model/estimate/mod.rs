@@ -5,6 +5,13 @@
 //! sampling error (from the holdout, for the size of the scored data) and its band of three
 //! sampling errors either side.
 //!
+//! NannyML's band counts the scored rows' sampling error only. The estimator was fitted on the
+//! holdout, whose own size limits it too (its calibration, its loss models): with a holdout a
+//! fifth the size of the scored population, that error is the larger. Each estimate also
+//! carries it, the same sampling error for the holdout's size (`reference_error`), and
+//! [`Estimate::covers`], which says whether a realized value is consistent with the estimate,
+//! allows for both.
+//!
 //! CBPE assumes the probabilities stay calibrated, DLE that errors depend on the features as
 //! they did on the holdout: both follow a covariate shift and both miss a concept change (the
 //! same features meaning something else), which only realized outcomes show.
@@ -27,26 +34,39 @@ pub struct Estimate {
     pub value: f64,
     #[serde(deserialize_with = "crate::json::nan_if_null")]
     pub sampling_error: f64,
+    /// NannyML's band: `value` ± [`BAND`] sampling errors.
     #[serde(deserialize_with = "crate::json::nan_if_null")]
     pub lower: f64,
     #[serde(deserialize_with = "crate::json::nan_if_null")]
     pub upper: f64,
+    /// The sampling error of the estimator itself, from the holdout's size.
+    #[serde(default)]
+    pub reference_error: f64,
 }
 
 impl Estimate {
     /// `value` ± [`BAND`] sampling errors, within `[lo, hi]`.
-    pub fn banded(value: f64, sampling_error: f64, lo: f64, hi: f64) -> Estimate {
+    pub fn banded(
+        value: f64,
+        sampling_error: f64,
+        reference_error: f64,
+        lo: f64,
+        hi: f64,
+    ) -> Estimate {
         Estimate {
             value,
             sampling_error,
             lower: (value - BAND * sampling_error).max(lo),
             upper: (value + BAND * sampling_error).min(hi),
+            reference_error,
         }
     }
 
-    /// Whether `v` lies in the band.
+    /// Whether a realized `v` is consistent with the estimate: within [`BAND`] combined errors
+    /// (the scored rows' and the holdout's) of it, or inside NannyML's band.
     pub fn covers(&self, v: f64) -> bool {
-        v >= self.lower && v <= self.upper
+        let e = self.sampling_error.hypot(self.reference_error);
+        (v >= self.lower && v <= self.upper) || (v - self.value).abs() <= BAND * e
     }
 }
 
@@ -59,4 +79,13 @@ pub type Estimates = indexmap::IndexMap<Metric, Estimate>;
 pub enum Estimator {
     Cbpe(cbpe::Reference),
     Dle(Box<dle::Dle>),
+}
+
+impl Estimator {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Estimator::Cbpe(_) => "cbpe",
+            Estimator::Dle(_) => "dle",
+        }
+    }
 }
