@@ -43,6 +43,26 @@ for m in ["roc_auc", "precision", "recall", "f1"]:
     out[f"cbpe_{m}"] = {k: float(r[(m, k)].iloc[0]) for k in
                         ["value", "sampling_error", "upper_confidence_boundary", "lower_confidence_boundary"]}
 
+# CBPE with NannyML's own calibration on the reference: over-confident probabilities
+# (p^2 / (p^2 + (1-p)^2) of the true p), which isotonic regression on the reference corrects.
+def overconfident_binary(seed, n, shift):
+    p, y = binary(seed, n, shift)
+    return p * p / (p * p + (1 - p) * (1 - p)), y
+
+q_ref, y_ref = overconfident_binary(19, 3000, 0.0)
+q_ana, _ = overconfident_binary(23, 2000, 0.3)
+ref = pd.DataFrame({"p": q_ref, "y": y_ref, "pred": (q_ref >= 0.5).astype(int), "t": 0})
+ana = pd.DataFrame({"p": q_ana, "pred": (q_ana >= 0.5).astype(int), "t": 1})
+est = nml.CBPE(y_pred_proba="p", y_pred="pred", y_true="y", problem_type="classification_binary",
+               metrics=["roc_auc", "precision", "recall", "f1"], chunk_number=1)
+est.fit(ref)
+out["cbpe_calibrated_needs_calibration"] = bool(est.needs_calibration)
+r = est.estimate(ana).to_df()
+r = r[r[("chunk", "period")] == "analysis"]
+for m in ["roc_auc", "precision", "recall", "f1"]:
+    out[f"cbpe_calibrated_{m}"] = {k: float(r[(m, k)].iloc[0]) for k in
+                                   ["value", "sampling_error", "upper_confidence_boundary", "lower_confidence_boundary"]}
+
 # DLE: regression with two features; the model's prediction is a fixed function of them.
 def regression(seed, n, shift):
     g = lcg(seed)

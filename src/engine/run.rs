@@ -120,7 +120,7 @@ async fn execute_in_span(p: Arc<Pipeline>, plan: Plan, o: &RunOptions) -> Result
     let first_error = outcome_error(&plan.run_id, driven, &writer).await;
     let manifest = close_manifest(&p, &writer, &pending, &first_error, started).await?;
     finish_telemetry(&manifest, &plan.artifacts, &telemetry, o).await;
-    write_report(&manifest, &plan.artifacts).await;
+    write_report(&manifest, &plan.artifacts, &p).await;
     if let Some(task) = server {
         task.abort();
     }
@@ -368,9 +368,9 @@ async fn finish_telemetry(m: &Manifest, artifacts: &Store, t: &Telemetry, o: &Ru
 }
 
 /// Writes `report.html`; a failure is logged, not fatal.
-async fn write_report(m: &Manifest, artifacts: &Store) {
+async fn write_report(m: &Manifest, artifacts: &Store, p: &crate::config::Pipeline) {
     let report = format!("{}/report.html", m.run_id);
-    let html = crate::report::build(m, artifacts).await;
+    let html = crate::report::build(m, artifacts, p).await;
     if let Err(e) = artifacts.put(&report, bytes::Bytes::from(html)).await {
         tracing::warn!(error = %e, "cannot write {report}");
     }

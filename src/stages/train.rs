@@ -60,6 +60,9 @@ pub struct CalibrationReport {
     /// after calibration.
     pub reliability_uncalibrated: Vec<calibration::ReliabilityBin>,
     pub reliability: Vec<calibration::ReliabilityBin>,
+    /// Why no calibrator was tried, when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A gate and how the model did against it.
@@ -238,26 +241,38 @@ struct Fitted {
 }
 
 /// The training side's calibration slice: its highest tenth of buckets (at least one), for a
-/// binary model that calibrates; the rest of the training side fits the model.
+/// binary model that calibrates; the rest of the training side fits the model. With `auto`, a
+/// slice of fewer than [`calibration::MIN_AUTO_ROWS`] rows is not taken (a note says why): on
+/// so few rows no calibrator can be shown to help, and the rows are worth more to the fit.
 fn calibration_slice(
     buckets: &[u8],
     train_rows: &[u32],
     cut: u8,
     model: &Model,
-) -> (Vec<u32>, Vec<u32>) {
+) -> (Vec<u32>, Vec<u32>, Option<String>) {
     if model.task != Task::Binary || model.calibration == calibration::Choice::None {
-        return (train_rows.to_vec(), Vec::new());
+        return (train_rows.to_vec(), Vec::new(), None);
     }
     let from = cut - cut.div_ceil(10).max(1);
-    train_rows
+    let (fit, slice): (Vec<u32>, Vec<u32>) = train_rows
         .iter()
-        .partition(|&&r| buckets[r as usize] < from)
+        .partition(|&&r| buckets[r as usize] < from);
+    if model.calibration == calibration::Choice::Auto && slice.len() < calibration::MIN_AUTO_ROWS {
+        let note = format!(
+            "the calibration slice would hold {} training rows, fewer than {}: no calibrator was tried, and every training row fits the model (set calibration = \"isotonic\" or \"platt\" to calibrate anyway)",
+            slice.len(),
+            calibration::MIN_AUTO_ROWS
+        );
+        return (train_rows.to_vec(), Vec::new(), Some(note));
+    }
+    (fit, slice, None)
 }
 
 fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Result<Fitted, String> {
     let b = split::split_buckets(table, &recipe.dataset).map_err(|e| e.to_string())?;
     let (train_rows, hold_rows) = split::sides(&b, recipe.cut());
-    let (fit_rows, slice_rows) = calibration_slice(&b, &train_rows, recipe.cut(), model);
+    let (fit_rows, slice_rows, calibration_note) =
+        calibration_slice(&b, &train_rows, recipe.cut(), model);
     let y = crate::model::target(
         table,
         &model.target,
@@ -356,6 +371,7 @@ fn fit(table: &RecordBatch, recipe: &Recipe, model: &Model) -> std::result::Resu
         holdout_ece: calibration::expected_calibration_error(&yh, &ph, calibration::BINS),
         reliability_uncalibrated: calibration::reliability_curve(&yh, &ph_raw, calibration::BINS),
         reliability: calibration::reliability_curve(&yh, &ph, calibration::BINS),
+        note: calibration_note,
     });
     artifact.estimator = Some(
         tracing::info_span!("estimator", model = %model.name, rows = hold_rows.len())

@@ -91,7 +91,7 @@ pub const CATALOGUE: &[MetricDef] = &[
     gauge("realized_retention_rate", "1 - realized_churn_rate (0-1)."),
     gauge("average_predicted_ltv_dollars", "Mean predicted 12-month lifetime value of the current customers, in US dollars."),
     gauge("average_engagement_score", "Mean predicted engagement score of the current customers (0-1)."),
-    gauge("customer_segments_total", "Current customers by churn-risk segment (segments from [business] risk_segments)."),
+    counter("customer_segments_total", "Current customers scored in the run, by churn-risk segment (segments from [business] risk_segments)."),
     gauge("revenue_impact_dollars", "Revenue at risk: sum over current customers of predicted LTV x churn probability, in US dollars."),
 ];
 

@@ -197,12 +197,12 @@ fn the_step_functions_export_lints_and_played_stage_by_stage_matches_one_process
         &env,
         "exec-1",
     );
-    assert_eq!(ran.len(), 11, "{ran:?}");
+    assert_eq!(ran.len(), 12, "{ran:?}");
     let m = s3.json("sfn/runs/exec-1/manifest.json");
     for (stage, r) in m["stages"].as_object().unwrap() {
         assert_eq!(r["status"], "succeeded", "{stage}: {m}");
     }
-    assert_eq!(m["invocations"], 11, "every task counted once: {m}");
+    assert_eq!(m["invocations"], 12, "every task counted once: {m}");
 
     // One process, same store, another prefix: the same registry.
     env = s3.env("one/");

@@ -78,6 +78,10 @@ fn no_drift_on_the_fixtures_and_scores_cover_every_clean_current_row() {
         names,
         [
             "customer_id",
+            // The fairness attributes' columns, for realized fairness once outcomes arrive.
+            "gender",
+            "age",
+            "region",
             "engagement",
             "engagement_version",
             "churn",

@@ -19,4 +19,5 @@ mod registry;
 mod reliability;
 mod report;
 mod run;
+mod story;
 mod telemetry;

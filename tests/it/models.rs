@@ -22,7 +22,7 @@ fn assert_reloads_exactly(p: &Project, run: &str, model: &str) {
         .as_primitive::<arrow::datatypes::UInt64Type>();
     let idx = arrow::array::UInt64Array::from(rows.values().to_vec());
     let subset = arrow::compute::take_record_batch(&clean, &idx).unwrap();
-    let (pred, _) = a.predict(&subset).unwrap();
+    let pred = a.predict(&subset).unwrap().values;
     let stored = holdout
         .column_by_name("prediction")
         .unwrap()
@@ -194,7 +194,8 @@ fn unseen_categories_at_scoring_are_counted_not_fatal() {
         .collect();
     cols[i] = std::sync::Arc::new(arrow::array::StringArray::from(plans));
     current = arrow::record_batch::RecordBatch::try_new(current.schema(), cols).unwrap();
-    let (pred, m) = a.predict(&current).unwrap();
+    let scored = a.predict(&current).unwrap();
+    let (pred, m) = (scored.values, scored.fills);
     assert_eq!(m.unseen["plan"], current.num_rows() as u64 / 10);
     assert!(pred.iter().all(|v| (0.0..=1.0).contains(v)));
 }

@@ -16,8 +16,8 @@ fn unknown_key_cycle_and_undefined_input_are_reported_together() {
         )
         // an undefined input
         .replace(
-            "datasets = [\"customers\", \"current\"]\n\n[stages.validate]",
-            "datasets = [\"customers\", \"current\", \"orders\"]\n\n[stages.validate]",
+            "datasets = [\"customers\", \"current\", \"outcomes\"]\n\n[stages.validate]",
+            "datasets = [\"customers\", \"current\", \"outcomes\", \"orders\"]\n\n[stages.validate]",
         );
     std::fs::write(p.path("pipelines/bad.toml"), bad).unwrap();
     for cmd in ["validate", "run", "plan"] {

@@ -320,7 +320,8 @@ fn a_reuse_cache_that_cannot_be_written_is_a_warning_of_each_stage() {
     let m = p.manifest("nc");
     for (stage, rec) in m["stages"].as_object().unwrap() {
         assert_eq!(rec["status"], "succeeded", "{stage}");
-        if stage != "health" {
+        // Health checks and evaluations look at what other runs change: never reused, no cache.
+        if stage != "health" && stage != "evaluate" {
             let w = rec["warnings"].to_string();
             assert!(
                 w.contains("reuse cache") && w.contains("_cache/"),

@@ -336,4 +336,82 @@ mod tests {
             }
         }
     }
+
+    /// `cbpe_dle.py`'s `overconfident_binary`: p² / (p² + (1 − p)²) of `binary`'s probabilities.
+    fn overconfident(seed: u64, n: usize, shift: f64) -> (Vec<f64>, Vec<bool>) {
+        let (p, y) = binary(seed, n, shift);
+        let q = p
+            .iter()
+            .map(|p| p * p / (p * p + (1.0 - p) * (1.0 - p)))
+            .collect();
+        (q, y)
+    }
+
+    /// NannyML 0.13.1's `CBPE` with its default (isotonic) calibrator on over-confident
+    /// probabilities: it decides to calibrate on the reference, and so do we; the isotonic fit on
+    /// the whole reference is deterministic, so the estimates agree to 1e-9.
+    #[test]
+    fn cbpe_calibrates_on_the_reference_as_nannyml_does() {
+        let (q_ref, y_ref) = overconfident(19, 3000, 0.0);
+        let (q_ana, _) = overconfident(23, 2000, 0.3);
+        assert!(needs_calibration(&y_ref, &q_ref));
+        let r = Reference::fit(&y_ref, &q_ref, 0.5);
+        assert_eq!(r.calibrator.name(), "isotonic");
+        let e = r.estimate(&q_ana, &q_ana);
+        let want = [
+            (
+                Metric::Auc,
+                [
+                    0.7612365938525,
+                    0.006098375331167675,
+                    0.779531719846003,
+                    0.742941467858997,
+                ],
+            ),
+            (
+                Metric::Precision,
+                [
+                    0.6693882030167471,
+                    0.013880238757399256,
+                    0.7110289192889448,
+                    0.6277474867445493,
+                ],
+            ),
+            (
+                Metric::Recall,
+                [
+                    0.6514853379564383,
+                    0.013919203697966833,
+                    0.6932429490503388,
+                    0.6097277268625377,
+                ],
+            ),
+            (
+                Metric::F1,
+                [
+                    0.6603154444976068,
+                    0.017546167011443594,
+                    0.7129539455319376,
+                    0.607676943463276,
+                ],
+            ),
+        ];
+        for (m, [value, se, upper, lower]) in want {
+            let got = e[&m];
+            for (g, w, what) in [
+                (got.value, value, "value"),
+                (got.sampling_error, se, "sampling error"),
+                (got.upper, upper, "upper"),
+                (got.lower, lower, "lower"),
+            ] {
+                assert!(
+                    (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                    "{m} {what}: {g} vs {w}"
+                );
+            }
+        }
+        // Well-calibrated probabilities are left as they are.
+        let (p_ref, y_ref) = binary(7, 3000, 0.0);
+        assert!(!needs_calibration(&y_ref, &p_ref));
+    }
 }

@@ -1,6 +1,8 @@
 //! `runs/<id>/report.html`: one self-contained page a person reads after a run — the stage
 //! timeline, the quality checks, each model's metrics against its gates and the registry's
-//! decision, fairness per group with intervals, drift per feature and the score distributions.
+//! decision, calibration, fairness per group with intervals, drift per feature, the score
+//! distributions, production accuracy (estimated, realized, across runs; [`accuracy`]) and the
+//! business figures.
 //! Charts are inline SVG and styles inline CSS: the page loads nothing from anywhere.
 //!
 //! Everything comes from what the run recorded (manifest, stage outputs, metric samples), so a
@@ -10,9 +12,11 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::config::StageKind;
+mod accuracy;
+
+use crate::config::{Pipeline, StageKind};
 use crate::engine::manifest::{Manifest, StageRecord};
-use crate::stages::{drift, fairness, register, train, validate};
+use crate::stages::{drift, evaluate, fairness, register, train, validate};
 use crate::storage::Store;
 
 fn esc(s: &str) -> String {
@@ -156,8 +160,8 @@ fn f(x: f64) -> String {
     num(&Value::from(x))
 }
 
-/// Builds the report of the run in `m`.
-pub async fn build(m: &Manifest, artifacts: &Store) -> String {
+/// Builds the report of the run in `m` of pipeline `p`.
+pub async fn build(m: &Manifest, artifacts: &Store, p: &Pipeline) -> String {
     let mut body = String::new();
     let by_kind = |kind: StageKind| -> Vec<(&String, &StageRecord)> {
         m.stages
@@ -201,6 +205,7 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
         }
     }
     models_section(&mut body, &trained, register.as_ref());
+    accuracy::calibration_section(&mut body, &trained);
     for (_, r) in by_kind(StageKind::Fairness) {
         if let Some(fr) = output::<fairness::Report>(artifacts, r, "fairness").await {
             fairness_section(&mut body, &fr);
@@ -214,7 +219,49 @@ pub async fn build(m: &Manifest, artifacts: &Store) -> String {
     for (_, r) in by_kind(StageKind::Score) {
         scores_section(&mut body, r);
     }
+    let evaluated = match by_kind(StageKind::Evaluate).first() {
+        Some((_, r)) => output::<evaluate::Report>(artifacts, r, "evaluate").await,
+        None => None,
+    };
+    let scored = m.stages.values().find_map(StageRecord::score);
+    let known = known(p, artifacts).await;
+    accuracy::accuracy_section(&mut body, &known, &trained, scored, evaluated.as_ref());
+    if let Some(e) = &evaluated {
+        accuracy::evaluation_section(&mut body, e);
+    }
+    if let Some(b) = scored.and_then(|s| s.business.as_ref()) {
+        let churn = p.business.as_ref().and_then(|b| b.churn_model.as_ref());
+        let realized = evaluated
+            .as_ref()
+            .and_then(|e| e.models.get(churn?)?.cohorts.last())
+            .map(|c| c.mean_outcome);
+        accuracy::business_section(&mut body, b, realized);
+    }
     page(m, &body)
+}
+
+/// The registry's state and the accuracy history of each declared model (what cannot be read
+/// is left out: the report is written whatever happened).
+async fn known<'a>(p: &'a Pipeline, artifacts: &Store) -> accuracy::Known<'a> {
+    let registry = crate::registry::Registry::open(&p.storage.registry).ok();
+    let mut k = accuracy::Known {
+        pipeline: p,
+        registry: Vec::new(),
+        readings: Vec::new(),
+    };
+    for name in p.models.keys() {
+        if let Some(r) = &registry {
+            if let Ok(st) = r.state(name).await {
+                if !st.versions.is_empty() {
+                    k.registry.push(st);
+                }
+            }
+        }
+        if let Ok(rs) = crate::history::all_readings(artifacts, name).await {
+            k.readings.push((name.clone(), rs));
+        }
+    }
+    k
 }
 
 fn quality_section(body: &mut String, q: &validate::Report) {
