@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the kernels, on data from the generator with a fixed seed:
 //! Parquet load (read + schema adaptation), the data-quality checks, Parquet write, the
-//! booster's fit and predict, the two-sample KS test over the 11 numeric features, and the
-//! fairness bootstrap's resample-and-count.
+//! booster's fit and predict, the performance estimators (DLE, CBPE: fit on a fifth of the rows,
+//! estimate on all), the two-sample KS test over the 11 numeric features, and the fairness
+//! bootstrap's resample-and-count.
 //!
 //! `cargo bench --bench kernels` (set MLPIPE_BENCH_ROWS to change the size; default 200 000).
 
@@ -105,6 +106,53 @@ fn kernels(c: &mut Criterion) {
     );
     g.bench_function("gbdt_predict_50_trees", |b| {
         b.iter(|| black_box(booster.predict(&matrix.views())))
+    });
+
+    // The estimators (the train stage fits them on the holdout, a fifth of the rows; the score
+    // stage applies them to every current customer): DLE's two loss boosters, CBPE's reference
+    // with NannyML's calibration check, and each one's estimate.
+    let hold = n / 5;
+    let pred = booster.predict(&matrix.views());
+    let hold_views: Vec<&[f64]> = matrix.views().iter().map(|c| &c[..hold]).collect();
+    g.bench_function("dle_fit_holdout", |b| {
+        b.iter(|| {
+            black_box(mlpipe::model::estimate::dle::Dle::fit(
+                &hold_views,
+                &y[..hold],
+                &pred[..hold],
+            ))
+        })
+    });
+    let dle = mlpipe::model::estimate::dle::Dle::fit(&hold_views, &y[..hold], &pred[..hold]);
+    g.bench_function("dle_estimate_all_rows", |b| {
+        b.iter(|| {
+            let sums = dle.loss_sums(&matrix.views(), &pred);
+            black_box(dle.estimate_with_r2(sums, &pred))
+        })
+    });
+    let prob: Vec<f64> = pred
+        .iter()
+        .map(|v| 1.0 / (1.0 + (-(v - 300.0) / 100.0).exp()))
+        .collect();
+    let churned: Vec<bool> =
+        mlpipe::model::target(&table.batch, "churned", mlpipe::model::Task::Binary, None)
+            .unwrap()
+            .iter()
+            .map(|v| *v == 1.0)
+            .collect();
+    g.bench_function("cbpe_fit_holdout", |b| {
+        b.iter(|| {
+            black_box(mlpipe::model::estimate::cbpe::Reference::fit(
+                &churned[..hold],
+                &prob[..hold],
+                0.5,
+            ))
+        })
+    });
+    let reference =
+        mlpipe::model::estimate::cbpe::Reference::fit(&churned[..hold], &prob[..hold], 0.5);
+    g.bench_function("cbpe_estimate_all_rows", |b| {
+        b.iter(|| black_box(reference.estimate(&prob, &prob)))
     });
 
     // KS, 11 numeric features, this table against a second draw of the same size (the drift

@@ -27,7 +27,7 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// Parses `"90s"`, `"10m"`, `"1h"`, `"500ms"` or a number of seconds.
+/// Parses `"90s"`, `"10m"`, `"1h"`, `"90d"`, `"500ms"` or a number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = s
@@ -40,6 +40,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return None,
     };
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
@@ -59,6 +60,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90d"), Some(Duration::from_secs(90 * 86_400)));
         assert_eq!(parse_duration("5 parsecs"), None);
         assert_eq!(
             parse_timestamp("2026-11-20").unwrap().to_rfc3339(),

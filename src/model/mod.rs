@@ -312,6 +312,8 @@ pub struct Predictions {
     /// With a calibrator and a CBPE estimator, when asked for: the model's own probabilities,
     /// which rank the rows for the estimated ROC AUC.
     pub uncalibrated: Option<Vec<f64>>,
+    /// Seconds spent on what only the estimate needs (DLE's loss models, the copy above).
+    pub estimate_seconds: f64,
 }
 
 /// Rows encoded and scored at a time: the features of a chunk are 30 MB of numbers, in buffers
@@ -378,6 +380,7 @@ impl Artifact {
             && !self.calibrator.is_none()
             && matches!(self.estimator, Some(estimate::Estimator::Cbpe(_)));
         let mut uncalibrated = keep_uncalibrated.then(|| Vec::with_capacity(n));
+        let mut estimate_seconds = 0.0;
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             let sliced;
@@ -398,15 +401,19 @@ impl Artifact {
             }
             let views: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
             let mut p = self.fitted.predict(&views)?;
+            let t = std::time::Instant::now();
             if let Some(u) = uncalibrated.as_mut() {
                 u.extend_from_slice(&p);
             }
+            estimate_seconds += t.elapsed().as_secs_f64();
             self.calibrator.apply_all(&mut p);
+            let t = std::time::Instant::now();
             if let (Some(d), Some(sums)) = (dle, loss_sums.as_mut()) {
                 let [a, b] = d.loss_sums(&views, &p);
                 sums[0] += a;
                 sums[1] += b;
             }
+            estimate_seconds += t.elapsed().as_secs_f64();
             values.extend(p);
         }
         Ok(Predictions {
@@ -414,6 +421,7 @@ impl Artifact {
             fills,
             loss_sums,
             uncalibrated,
+            estimate_seconds,
         })
     }
 }

@@ -55,9 +55,11 @@ pub struct Scored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_rate: Option<f64>,
     /// The performance estimated on these rows, with its bands (absent for a model trained
-    /// before estimation existed).
+    /// before estimation existed), and the seconds the estimate added to scoring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated: Option<Estimates>,
+    #[serde(default)]
+    pub estimate_seconds: f64,
 }
 
 impl Summary {
@@ -184,8 +186,10 @@ pub async fn run(
         let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
         let scored = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
-                let p = a.score(&t)?;
+                let mut p = a.score(&t)?;
+                let started = std::time::Instant::now();
                 let e = a.estimate(&p);
+                p.estimate_seconds += started.elapsed().as_secs_f64();
                 Ok::<_, String>((p, e))
             })
         })
@@ -227,6 +231,7 @@ pub async fn run(
                 imputed_values: pred.fills.imputed,
                 positive_rate,
                 estimated: estimated.clone(),
+                estimate_seconds: pred.estimate_seconds,
             },
         );
         cohorts.push(Cohort {

@@ -368,12 +368,17 @@ async fn memory_store_runs_the_pipeline_in_process() {
     assert!(store.head("mem/manifest.json").await.unwrap().is_some());
     // A second plan in the same process sees the first run's results.
     let again = engine::plan(&p, &RunOptions::default()).await.unwrap();
-    // Everything is reused but the health check, which looks at the registry every time.
+    // Everything is reused but the kinds that run every time: the health check, which looks at
+    // the registry, and the evaluation, which reads the history other runs add to.
     assert!(again
         .stages
         .iter()
-        .filter(|s| s.kind != "health")
+        .filter(|s| s.kind.reusable())
         .all(|s| matches!(s.action, engine::Action::Reuse { .. })));
+    assert!(again
+        .stages
+        .iter()
+        .any(|s| s.kind == "evaluate" && matches!(s.action, engine::Action::Run)));
 }
 
 const STAGES: [&str; 11] = [

@@ -410,8 +410,12 @@ mod tests {
                 );
             }
         }
-        // Well-calibrated probabilities are left as they are.
-        let (p_ref, y_ref) = binary(7, 3000, 0.0);
-        assert!(!needs_calibration(&y_ref, &p_ref));
+        // A ranking that is all but perfect is left as it is. (On well-calibrated probabilities
+        // the decision is noise for NannyML too: out of sample, its ECE before and after
+        // isotonic is 0.0059 vs 0.0066 on `binary(7, 20_000)` and 0.00323 vs 0.00322 on 100,000
+        // rows, so no test pins it.)
+        let y: Vec<bool> = (0..3000).map(|i| i % 3 == 0).collect();
+        let p: Vec<f64> = y.iter().map(|&t| if t { 0.9 } else { 0.2 }).collect();
+        assert!(!needs_calibration(&y, &p));
     }
 }
