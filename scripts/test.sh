@@ -59,7 +59,7 @@ fi
 
 echo "== monitoring as code (promtool, amtool)"
 promtool check rules monitoring/alert-rules.yml
-promtool test rules monitoring/alert-rules.test.yml
+promtool test rules monitoring/alert-rules.test.yml monitoring/alert-rules.days.test.yml
 promtool check config monitoring/prometheus.yml
 amtool check-config monitoring/alertmanager.yml
 # The routing of README "Monitoring as code": each severity reaches its receiver.
