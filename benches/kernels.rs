@@ -31,6 +31,7 @@ fn kernels(c: &mut Criterion) {
         defects: true,
         as_of: mlpipe::time::parse_timestamp(mlpipe::generate::DEFAULT_AS_OF).unwrap(),
         rows_per_file: 1_000_000,
+        raw: false,
     };
     rt.block_on(mlpipe::generate::generate(&opts)).unwrap();
     let pipeline = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/engagement.toml");

@@ -14,7 +14,13 @@ pub async fn generate(a: GenerateArgs) -> Result<i32> {
         defects: a.defects,
         as_of,
         rows_per_file: a.rows_per_file,
+        raw: a.raw,
     };
+    if a.raw && a.months.is_some() {
+        return Err(Error::Usage(
+            "--raw cannot be combined with --months".into(),
+        ));
+    }
     let t0 = std::time::Instant::now();
     if let Some(months) = a.months {
         let story = crate::generate::Story {
@@ -38,6 +44,12 @@ pub async fn generate(a: GenerateArgs) -> Result<i32> {
         return Err(Error::Usage("--concept-change needs --months".into()));
     }
     let s = crate::generate::generate(&o).await?;
+    if let Some(r) = &s.raw {
+        println!(
+            "wrote raw tables to {}/raw: {} profiles ({} test accounts), {} events over {} days ({} delivered twice), {} labels",
+            s.out, r.profiles, r.test_accounts, r.events, r.event_days, r.duplicate_events, r.labels
+        );
+    }
     println!(
         "wrote {} customers ({} rows with duplicates) and {} current rows to {} in {:.2} s (seed {}, drift {}, defects {})",
         a.rows,

@@ -205,6 +205,10 @@ pub struct GenerateArgs {
     pub as_of: String,
     #[arg(long = "rows-per-file", default_value_t = 1_000_000)]
     pub rows_per_file: usize,
+    /// Also write what a product database exports — `raw/profiles/`, `raw/events/` (by date)
+    /// and `raw/labels/` — from which `customers` is derived with SQL (pipelines/raw.toml).
+    #[arg(long)]
+    pub raw: bool,
     /// Write a monthly story instead: a training snapshot, then per month the customers to
     /// score and the outcomes of last month's (README, "Watch a model degrade").
     #[arg(long)]

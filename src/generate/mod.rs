@@ -19,6 +19,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::storage::Store;
 
+pub mod raw;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -31,6 +33,8 @@ pub struct Options {
     /// The snapshot time: `updated_at` falls in the 20 hours before it.
     pub as_of: DateTime<Utc>,
     pub rows_per_file: usize,
+    /// Also write the raw tables `customers` is derived from (see [`raw`]).
+    pub raw: bool,
 }
 
 /// The default snapshot time, fixed so that output depends only on the options.
@@ -738,6 +742,8 @@ pub struct Summary {
     pub files: Vec<String>,
     pub customers: DatasetTruth,
     pub current: DatasetTruth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<raw::RawTruth>,
 }
 
 /// Generates `customers/` and `current/` (and `truth.json`) under `o.out`.
@@ -747,6 +753,11 @@ pub async fn generate(o: &Options) -> Result<Summary> {
     }
     if !(0.0..=5.0).contains(&o.drift) {
         return Err(Error::Usage(format!("--drift {} is outside 0..5", o.drift)));
+    }
+    if o.raw && o.defects {
+        return Err(Error::Usage(
+            "--raw and --defects cannot be combined: the raw tables are derived from defect-free customers (they have defects of their own: test accounts and duplicate events)".into(),
+        ));
     }
     let store = Store::open(&o.out)?;
     let (seed, rows, drift) = (o.seed, o.rows, o.drift);
@@ -765,6 +776,11 @@ pub async fn generate(o: &Options) -> Result<Summary> {
     };
     let mut files = write(&store, "customers", &customers, true, o).await?;
     files.extend(write(&store, "current", &current, false, o).await?);
+    let raw = if o.raw {
+        Some(raw::write(&store, &customers, o.seed, o.as_of).await?)
+    } else {
+        None
+    };
     let summary = Summary {
         out: store.url().to_string(),
         seed: o.seed,
@@ -779,6 +795,7 @@ pub async fn generate(o: &Options) -> Result<Summary> {
         files,
         customers: truth_of(&customers, rejected, true),
         current: truth_of(&current, Vec::new(), false),
+        raw,
     };
     store.put_json("truth.json", &summary).await?;
     Ok(summary)

@@ -1,0 +1,47 @@
+-- The flat training table from the raw export: one row per real customer, the features as
+-- aggregates of their events up to the snapshot time, the targets from the labels.
+-- {{ as_of }} is the run's snapshot time (a TIMESTAMP), {{ as_of_date }} its date (a DATE).
+WITH sessions AS (
+    SELECT customer_id,
+           SUM(CASE WHEN event_type = 'session' AND event_time > {{ as_of }} - INTERVAL '30 days'
+                    THEN 1 ELSE 0 END) AS sessions_30d,
+           ROUND(AVG(CASE WHEN event_type = 'session' AND event_time > {{ as_of }} - INTERVAL '90 days'
+                          THEN minutes END), 2) AS avg_session_minutes,
+           MAX(CASE WHEN event_type = 'login' THEN event_time END) AS last_login,
+           SUM(CASE WHEN event_type = 'support_ticket' AND event_time > {{ as_of }} - INTERVAL '90 days'
+                    THEN 1 ELSE 0 END) AS support_tickets_90d,
+           SUM(CASE WHEN event_type = 'payment_failed' AND event_time > {{ as_of }} - INTERVAL '90 days'
+                    THEN 1 ELSE 0 END) AS payment_failures_90d,
+           COALESCE(SUM(CASE WHEN event_type = 'payment' AND event_time > {{ as_of }} - INTERVAL '30 days'
+                             THEN amount END), 0.0) AS monthly_spend
+    FROM events_clean
+    WHERE event_time <= {{ as_of }}
+    GROUP BY customer_id
+)
+SELECT p.customer_id,
+       {{ as_of_date }} AS snapshot_date,
+       p.updated_at,
+       p.gender,
+       CAST(EXTRACT(YEAR FROM {{ as_of_date }}) - p.birth_year AS INT) AS age,
+       p.region,
+       p.plan,
+       p.device,
+       CAST(FLOOR((EXTRACT(EPOCH FROM {{ as_of_date }}) - EXTRACT(EPOCH FROM p.signup_date)) / 86400 / 30.4375) AS INT)
+           AS tenure_months,
+       CAST(s.sessions_30d AS INT) AS sessions_30d,
+       s.avg_session_minutes,
+       CAST(FLOOR((EXTRACT(EPOCH FROM {{ as_of }}) - EXTRACT(EPOCH FROM s.last_login)) / 86400) AS INT)
+           AS days_since_last_login,
+       p.features_used,
+       CAST(s.support_tickets_90d AS INT) AS support_tickets_90d,
+       CAST(s.payment_failures_90d AS INT) AS payment_failures_90d,
+       s.monthly_spend,
+       p.email_open_rate,
+       p.discount_pct,
+       l.engagement_score,
+       l.churned,
+       l.ltv_12m
+FROM profiles_clean AS p
+JOIN sessions AS s ON s.customer_id = p.customer_id
+JOIN labels AS l ON l.customer_id = p.customer_id
+ORDER BY p.customer_id
