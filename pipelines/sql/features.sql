@@ -1,5 +1,6 @@
--- The flat training table from the raw export: one row per real customer, the features as
--- aggregates of their events up to the snapshot time, the targets from the labels.
+-- The flat training table from the raw export: one row per real customer (test accounts
+-- dropped), the features as aggregates of their cleaned events up to the snapshot time, the
+-- targets from the labels.
 -- {{ as_of }} is the run's snapshot time (a TIMESTAMP), {{ as_of_date }} its date (a DATE).
 WITH sessions AS (
     SELECT customer_id,
@@ -41,7 +42,9 @@ SELECT p.customer_id,
        l.engagement_score,
        l.churned,
        l.ltv_12m
-FROM profiles_clean AS p
+FROM profiles AS p
 JOIN sessions AS s ON s.customer_id = p.customer_id
 JOIN labels AS l ON l.customer_id = p.customer_id
+WHERE NOT p.is_test
+-- A stable order: the same rows in the same order train the same models.
 ORDER BY p.customer_id

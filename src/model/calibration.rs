@@ -57,11 +57,16 @@ impl Calibrator {
     /// their mean, pool-adjacent-violators with weights, and only the points where the step
     /// function bends kept.
     pub fn fit_isotonic(p: &[f64], y: &[f64]) -> Calibrator {
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&a, &b| p[a].total_cmp(&p[b]).then(y[a].total_cmp(&y[b])));
+        Calibrator::fit_isotonic_ordered(p, y, &isotonic_order(p, y))
+    }
+
+    /// [`Calibrator::fit_isotonic`] on the rows `order` lists, in [`isotonic_order`] (a
+    /// subset of that order keeps it: cross-fitting sorts once).
+    pub fn fit_isotonic_ordered(p: &[f64], y: &[f64], order: &[u32]) -> Calibrator {
         // Equal x pooled: (x, mean y, weight).
         let mut blocks: Vec<(f64, f64, f64)> = Vec::new();
-        for &i in &order {
+        for &i in order {
+            let i = i as usize;
             match blocks.last_mut() {
                 Some((x, sum, w)) if *x == p[i] => {
                     *sum += y[i];
@@ -294,6 +299,16 @@ fn interpolate(x: &[f64], y: &[f64], v: f64) -> f64 {
         return y1;
     }
     y0 + (v - x0) * ((y1 - y0) / (x1 - x0))
+}
+
+/// Row numbers in increasing order of probability `p`, then outcome `y`: the order isotonic
+/// regression pools rows in.
+pub fn isotonic_order(p: &[f64], y: &[f64]) -> Vec<u32> {
+    let mut keyed: Vec<(u64, bool, u32)> = (0..p.len())
+        .map(|i| (crate::stats::order_key(p[i]), y[i] > 0.0, i as u32))
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, _, i)| i).collect()
 }
 
 /// The expected calibration error as NannyML measures it: rows sorted by probability, cut into

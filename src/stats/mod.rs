@@ -5,6 +5,17 @@ pub mod categorical;
 pub mod kolmogorov;
 pub mod ks;
 
+/// An unsigned key that orders as `f64::total_cmp` orders the values (the sign bit flipped for
+/// positives, every bit for negatives): integer sorts of these keys sort the floats.
+pub fn order_key(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | 1 << 63
+    }
+}
+
 /// Sorts `v` ascending in [`f64::total_cmp`] order (NaNs allowed: negative ones first, positive
 /// ones last). A radix sort, linear in the length: each value becomes a `u64` whose unsigned
 /// order is `total_cmp`'s, and the keys are distributed 11 bits at a time, least significant
@@ -20,14 +31,7 @@ pub fn sort_f64(v: &mut Vec<f64>) {
         v.sort_unstable_by(f64::total_cmp);
         return;
     }
-    let key = |x: f64| {
-        let b = x.to_bits();
-        if b >> 63 == 1 {
-            !b
-        } else {
-            b | 1 << 63
-        }
-    };
+    let key = order_key;
     let value = |k: u64| f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k });
     let digit = |k: u64, pass: usize| (k >> (pass as u32 * BITS)) as usize & (RADIX - 1);
     // Collected in place: the keys reuse the values' allocation.

@@ -74,14 +74,16 @@ pub fn needs_calibration(y: &[bool], p: &[f64]) -> bool {
         })
         .collect();
     let yf: Vec<f64> = y.iter().map(|t| f64::from(u8::from(*t))).collect();
+    // Sorted once: each fold's training rows, filtered from it, stay in order.
+    let order = crate::model::calibration::isotonic_order(p, &yf);
     let (mut truth, mut before, mut after) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..FOLDS {
-        let (mut fp, mut fy) = (Vec::new(), Vec::new());
-        for i in (0..y.len()).filter(|&i| fold[i] != k) {
-            fp.push(p[i]);
-            fy.push(yf[i]);
-        }
-        let c = Calibrator::fit_isotonic(&fp, &fy);
+        let rest: Vec<u32> = order
+            .iter()
+            .copied()
+            .filter(|&i| fold[i as usize] != k)
+            .collect();
+        let c = Calibrator::fit_isotonic_ordered(p, &yf, &rest);
         for i in (0..y.len()).filter(|&i| fold[i] == k) {
             truth.push(yf[i]);
             before.push(p[i]);
@@ -206,8 +208,11 @@ fn auc_component(y: &[bool], p: &[f64]) -> Component {
     } else {
         (y.to_vec(), p.to_vec())
     };
-    let mut order: Vec<usize> = (0..y.len()).collect();
-    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut keyed: Vec<(u64, u32)> = (0..y.len() as u32)
+        .map(|i| (crate::stats::order_key(p[i as usize]), i))
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i as usize).collect();
     let n_pos = y.iter().filter(|t| **t).count();
     let n_neg = y.len() - n_pos;
     // The ranks of the positives; NannyML drops rank 0 with the negatives' zeros.
@@ -232,9 +237,12 @@ fn auc_component(y: &[bool], p: &[f64]) -> Component {
 /// the expected true and false positives of their calibrated probabilities `p` summed along them
 /// (rounded to five decimals, as NannyML does), their rates' trapezoid area.
 pub fn expected_roc_auc(p: &[f64], rank: &[f64]) -> f64 {
-    let mut order: Vec<u32> = (0..p.len() as u32).collect();
-    order.sort_by(|&a, &b| rank[b as usize].total_cmp(&rank[a as usize]));
-    let q: Vec<f64> = order.iter().map(|&i| p[i as usize]).collect();
+    // Decreasing rank, ties in row order (a stable sort's): keys sorted as integers.
+    let mut keyed: Vec<(u64, u32)> = (0..p.len() as u32)
+        .map(|i| (!crate::stats::order_key(rank[i as usize]), i))
+        .collect();
+    keyed.sort_unstable();
+    let q: Vec<f64> = keyed.iter().map(|&(_, i)| p[i as usize]).collect();
     let round5 = |v: f64| (v * 1e5).round_ties_even() / 1e5;
     let (mut tps, mut fps) = (
         Vec::with_capacity(q.len() + 1),
