@@ -35,6 +35,9 @@ for name, st in m["stages"].items():
         sc = s.get("score", s)
         est = {k: v.get("estimate_seconds") for k, v in (sc.get("models") or {}).items()} if isinstance(sc, dict) else {}
         extra = f" estimate_seconds {est}"
+    if name == "evaluate":
+        ms = s.get("evaluate", s).get("models") or {}
+        extra = " matched " + ", ".join(f"{k} {v['counts']['matched']}/{v['counts']['outcomes']}" for k, v in ms.items())
     print(f"  {name:18} {st.get('status'):10} {st.get('duration_s') or 0:7.2f} s{extra}")
 PY
 }
