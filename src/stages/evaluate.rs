@@ -14,7 +14,7 @@
 //! outcome observed before any scoring, a cohort whose results table is gone, a cohort scored by
 //! a version the registry does not know.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, UInt32Array};
@@ -222,6 +222,65 @@ impl Keys {
     }
 }
 
+/// A results table's keys and a hash table from each key to its row (the last row, for a key
+/// that repeats), holding row numbers rather than keys.
+struct KeyIndex {
+    keys: Keys,
+    rows: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Each outcome row's row here ([`NO_ROW`] for none): the stage's outcomes are one table,
+    /// probed once for all models.
+    matches: std::sync::OnceLock<Vec<u32>>,
+}
+
+/// No row matches.
+const NO_ROW: u32 = u32::MAX;
+
+impl KeyIndex {
+    fn new(keys: Keys) -> KeyIndex {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::RandomState::default();
+        let mut rows = hashbrown::HashTable::with_capacity(keys.len());
+        for i in 0..keys.len() {
+            let k = keys.get(i);
+            let at = |r: &u32| hasher.hash_one(keys.get(*r as usize));
+            match rows.entry(hasher.hash_one(k), |&r: &u32| keys.get(r as usize) == k, at) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = i as u32,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert(i as u32);
+                }
+            }
+        }
+        KeyIndex {
+            keys,
+            rows,
+            hasher,
+            matches: Default::default(),
+        }
+    }
+
+    /// The row of every key of `outcomes` (the stage's one outcomes table), probed on all cores
+    /// the first time.
+    fn matches(&self, outcomes: &Keys) -> &[u32] {
+        use rayon::prelude::*;
+        self.matches.get_or_init(|| {
+            (0..outcomes.len())
+                .into_par_iter()
+                .map(|r| self.get(outcomes.get(r)).unwrap_or(NO_ROW))
+                .collect()
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<u32> {
+        use std::hash::BuildHasher;
+        self.rows
+            .find(self.hasher.hash_one(key), |&r| {
+                self.keys.get(r as usize) == key
+            })
+            .copied()
+    }
+}
+
 /// The target column as numbers (0/1 for binary), with which rows have one.
 fn targets(
     batch: &RecordBatch,
@@ -319,6 +378,7 @@ pub async fn run(
         models: IndexMap::new(),
     };
     let mut warnings = Vec::new();
+    let mut indexes = HashMap::new();
     for m in &report.not_evaluated {
         warnings.push(format!(
             "model `{m}` has scoring history but is not evaluated by this stage (not declared, or not among its models)"
@@ -345,7 +405,7 @@ pub async fn run(
                 o.target.push(*y);
             }
         }
-        let ev = evaluate_model(ctx, m, model, o, &outcome_pii, horizon).await?;
+        let ev = evaluate_model(ctx, m, model, o, &outcome_pii, horizon, &mut indexes).await?;
         for c in &ev.cohorts {
             if let Some(n) = c.note.as_ref() {
                 warnings.push(format!("model `{m}`, cohort scored {}: {n}", c.scored_at));
@@ -425,6 +485,7 @@ async fn evaluate_model(
     o: Outcomes<'_>,
     outcome_pii: &[bool],
     horizon: std::time::Duration,
+    indexes: &mut HashMap<(String, Vec<String>), Arc<KeyIndex>>,
 ) -> Result<ModelEvaluation> {
     let (task, target) = (model.task, model.target.as_str());
     let mut cohorts = history::cohorts(&ctx.shared.artifacts, m).await?;
@@ -482,7 +543,17 @@ async fn evaluate_model(
                 continue;
             }
         };
-        let e = cohort(ctx, c, &scores, &o, &rows, task)?;
+        // The models scored in one stage share its results table: its keys are indexed once.
+        let index = match indexes.get(&(c.scores.path.clone(), c.key.clone())) {
+            Some(i) => i.clone(),
+            None => {
+                let what = format!("the scores of `{}` from {}", c.model, c.scored_at);
+                let i = Arc::new(KeyIndex::new(Keys::of(&scores, &c.key, &what)?));
+                indexes.insert((c.scores.path.clone(), c.key.clone()), i.clone());
+                i
+            }
+        };
+        let e = cohort(ctx, c, &scores, &index, &o, &rows, task)?;
         counts.matched += e.outcomes;
         counts.unscored += rows.len() as u64 - e.outcomes;
         let version = registry_id(&c.artifact_sha256);
@@ -552,28 +623,25 @@ fn cohort(
     ctx: &StageCtx,
     c: &Cohort,
     scores: &RecordBatch,
+    index: &KeyIndex,
     o: &Outcomes,
     rows: &[usize],
     task: Task,
 ) -> Result<Evaluated> {
     let what = format!("the scores of `{}` from {}", c.model, c.scored_at);
-    let keys = Keys::of(scores, &c.key, &what)?;
+    let matches = index.matches(o.keys);
     let pred = scores
         .column_by_name(&c.column)
         .and_then(|a| a.as_primitive_opt::<Float64Type>())
         .ok_or_else(|| Error::Data(format!("{what} have no prediction column `{}`", c.column)))?;
-    let mut index: hashbrown::HashMap<&str, u32, foldhash::fast::RandomState> =
-        hashbrown::HashMap::with_capacity_and_hasher(keys.len(), Default::default());
-    for i in 0..keys.len() {
-        index.insert(keys.get(i), i as u32);
-    }
     let mut score_rows: Vec<u32> = Vec::with_capacity(rows.len());
     let (mut ys, mut ps) = (
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
     );
     for &r in rows {
-        if let Some(&i) = index.get(o.keys.get(o.rows[r] as usize)) {
+        let i = matches[o.rows[r] as usize];
+        if i != NO_ROW {
             score_rows.push(i);
             ys.push(o.target[r]);
             ps.push(pred.value(i as usize));
