@@ -26,12 +26,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::*;
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use super::{Cols, Rng, CHUNK};
+use crate::config::ColumnType;
+use crate::data::adapt::canonical_type;
 use crate::error::Result;
 use crate::storage::Store;
 
@@ -265,14 +267,10 @@ fn profiles_batch(c: &Cols, test: bool, as_of: DateTime<Utc>, seed: u64) -> Reco
         Field::new("features_used", DataType::Int32, false),
         Field::new("email_open_rate", DataType::Float64, true),
         Field::new("discount_pct", DataType::Float64, false),
-        Field::new(
-            "updated_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("updated_at", canonical_type(ColumnType::Timestamp), false),
     ]);
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(c.customer_id.clone())),
+        Arc::new(StringArray::from_iter_values(&c.customer_id)),
         Arc::new(BooleanArray::from(vec![test; n])),
         Arc::new(Date32Array::from(signup)),
         Arc::new(Int32Array::from(
@@ -305,7 +303,7 @@ fn labels_batch(c: &Cols) -> RecordBatch {
     RecordBatch::try_from_iter(vec![
         (
             "customer_id",
-            Arc::new(StringArray::from(c.customer_id.clone())) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(&c.customer_id)) as ArrayRef,
         ),
         (
             "engagement_score",
@@ -327,11 +325,7 @@ fn events_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Int64, false),
         Field::new("customer_id", DataType::Utf8, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("event_time", canonical_type(ColumnType::Timestamp), false),
         Field::new("event_type", DataType::Utf8, false),
         Field::new("minutes", DataType::Float64, true),
         Field::new("amount", DataType::Float64, true),

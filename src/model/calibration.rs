@@ -304,11 +304,7 @@ fn interpolate(x: &[f64], y: &[f64], v: f64) -> f64 {
 /// Row numbers in increasing order of probability `p`, then outcome `y`: the order isotonic
 /// regression pools rows in.
 pub fn isotonic_order(p: &[f64], y: &[f64]) -> Vec<u32> {
-    let mut keyed: Vec<(u64, bool, u32)> = (0..p.len())
-        .map(|i| (crate::stats::order_key(p[i]), y[i] > 0.0, i as u32))
-        .collect();
-    keyed.sort_unstable();
-    keyed.into_iter().map(|(_, _, i)| i).collect()
+    crate::stats::rows_by_key(p.len(), |i| (crate::stats::order_key(p[i]), y[i] > 0.0))
 }
 
 /// The expected calibration error as NannyML measures it: rows sorted by probability, cut into

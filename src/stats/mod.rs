@@ -5,6 +5,23 @@ pub mod categorical;
 pub mod kolmogorov;
 pub mod ks;
 
+/// Population standard deviation (`np.std`) and mean; NaN for no values.
+pub fn std_mean(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (var.sqrt(), mean)
+}
+
+/// Row numbers `0..n` in increasing order of `key(row)`, ties in row order (what a stable
+/// comparison sort gives), sorted as plain keys: a comparator reaching into other arrays costs
+/// a cache miss a comparison on a million rows.
+pub fn rows_by_key<K: Ord>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
+    let mut keyed: Vec<(K, u32)> = (0..n as u32).map(|i| (key(i as usize), i)).collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
 /// An unsigned key that orders as `f64::total_cmp` orders the values (the sign bit flipped for
 /// positives, every bit for negatives): integer sorts of these keys sort the floats.
 pub fn order_key(x: f64) -> u64 {

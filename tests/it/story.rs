@@ -55,6 +55,34 @@ fn month_as(
     (run_id, p.mlpipe(&argv))
 }
 
+/// Runs the monitoring pipeline on month 3's customers with the outcomes in `outcomes`, as run
+/// `run_id`, with `extra` arguments.
+fn monitor_with_outcomes(
+    p: &Project,
+    as_of: &str,
+    run_id: &str,
+    outcomes: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let outcomes = format!("outcomes={}", outcomes.display());
+    let mut args = vec![
+        "run",
+        "pipelines/monitor.toml",
+        "--as-of",
+        as_of,
+        "--run-id",
+        run_id,
+        "--set",
+        "storage.data=story",
+        "--input",
+        "current=story/month-03/current",
+        "--input",
+        &outcomes,
+    ];
+    args.extend(extra);
+    p.mlpipe(&args)
+}
+
 /// The pseudonym `validate` gives a key without MLPIPE_PSEUDONYM_KEY: the first 32 hex digits of
 /// its SHA-256.
 fn pseudonym(id: &str) -> String {
@@ -416,22 +444,15 @@ fn outcomes_that_cannot_be_used_are_counted_or_refused_clearly() {
     let o3 = read_parquet(&parquet_files(&p.path("story/month-03/outcomes"))[0]);
     write_parquet(&empty.join("part-0.parquet"), &o3.slice(0, 0), 1024);
     let as_of = truth["months"][2]["as_of"].as_str().unwrap();
-    let out = p.ok(&[
-        "run",
-        "pipelines/monitor.toml",
-        "--as-of",
+    let o = monitor_with_outcomes(
+        &p,
         as_of,
-        "--run-id",
         "empty",
-        "--set",
-        "storage.data=story",
-        "--set",
-        "health.max_age_days=365",
-        "--input",
-        "current=story/month-03/current",
-        "--input",
-        &format!("outcomes={}", empty.display()),
-    ]);
+        &empty,
+        &["--set", "health.max_age_days=365"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
     assert!(out.contains("0 of 0 outcomes matched"), "{out}");
 
     // Duplicate keys: the quality check's, reported with the rows in the QA table.
@@ -439,22 +460,13 @@ fn outcomes_that_cannot_be_used_are_counted_or_refused_clearly() {
     std::fs::create_dir_all(&dup).unwrap();
     let twice = arrow::compute::concat_batches(&o3.schema(), [&o3, &o3.slice(0, 50)]).unwrap();
     write_parquet(&dup.join("part-0.parquet"), &twice, 1 << 20);
-    let o = p.mlpipe(&[
-        "run",
-        "pipelines/monitor.toml",
-        "--as-of",
+    let o = monitor_with_outcomes(
+        &p,
         as_of,
-        "--run-id",
         "dup",
-        "--set",
-        "storage.data=story",
-        "--set",
-        "health.max_age_days=365",
-        "--input",
-        "current=story/month-03/current",
-        "--input",
-        &format!("outcomes={}", dup.display()),
-    ]);
+        &dup,
+        &["--set", "health.max_age_days=365"],
+    );
     let q = p.json("runs/dup/validate/quality.json");
     assert_eq!(
         q["datasets"]["outcomes"]["checks"]["duplicates"]["value"],
@@ -486,20 +498,7 @@ fn outcomes_that_cannot_be_used_are_counted_or_refused_clearly() {
     )
     .unwrap();
     write_parquet(&bad.join("part-0.parquet"), &b, 1 << 20);
-    let o = p.mlpipe(&[
-        "run",
-        "pipelines/monitor.toml",
-        "--as-of",
-        as_of,
-        "--run-id",
-        "bad",
-        "--set",
-        "storage.data=story",
-        "--input",
-        "current=story/month-03/current",
-        "--input",
-        &format!("outcomes={}", bad.display()),
-    ]);
+    let o = monitor_with_outcomes(&p, as_of, "bad", &bad, &[]);
     let e = stderr(&o);
     assert!(matches!(o.status.code(), Some(1) | Some(3)), "{e}");
     assert!(e.contains("churned"), "the error names the column: {e}");

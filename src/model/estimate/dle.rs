@@ -46,14 +46,6 @@ fn params() -> gbdt::Checked {
     .expect("the defaults are valid")
 }
 
-/// Population standard deviation and mean.
-fn std_mean(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
-    (var.sqrt(), mean)
-}
-
 impl Dle {
     /// Fits on the holdout: its features (`x[feature][row]`, the model's transform), targets
     /// `y` and the model's predictions `pred`.
@@ -74,8 +66,8 @@ impl Dle {
             || gbdt::train(&inputs, &abs_fit, Objective::SquaredError, &p),
             || gbdt::train(&inputs, &sq_fit, Objective::SquaredError, &p),
         );
-        let (absolute_error_std, _) = std_mean(&abs);
-        let (squared_error_std, squared_error_mean) = std_mean(&sq);
+        let (absolute_error_std, _) = crate::stats::std_mean(&abs);
+        let (squared_error_std, squared_error_mean) = crate::stats::std_mean(&sq);
         Dle {
             absolute_error,
             squared_error,
