@@ -23,6 +23,7 @@ pub mod model;
 pub mod quality;
 pub mod registry;
 pub mod report;
+pub mod sql;
 pub mod stages;
 pub mod stats;
 pub mod storage;

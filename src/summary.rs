@@ -331,6 +331,27 @@ fn stage_note(r: &StageRecord) -> String {
                     .collect(),
             )
         }
+        Some(Summary::Sql(q)) => {
+            let read = q
+                .inputs
+                .iter()
+                .map(|(t, r)| match r.rows_in.saturating_sub(r.rows_read) {
+                    0 => format!("{t} {}", thousands(r.rows_in)),
+                    f => format!(
+                        "{t} {} ({} filtered in the scan)",
+                        thousands(r.rows_in),
+                        thousands(f)
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{} {} rows · read {read} · {:.1} MB scanned",
+                q.output,
+                thousands(q.rows_out),
+                q.bytes_scanned() as f64 / 1e6
+            )
+        }
         Some(Summary::Fairness(f)) => {
             let worst = f
                 .parity

@@ -116,6 +116,19 @@ fn resolve_extends(
     if let Some(p) = doc.get_mut("pipeline").and_then(|p| p.as_table_mut()) {
         p.remove("extends");
     }
+    // A dataset this file has a `sql` stage produce has no location of its own: the base's goes.
+    if let (Some(top), Some(base)) = (
+        doc.get("datasets").and_then(|d| d.as_table()),
+        merged.get_mut("datasets").and_then(|d| d.as_table_mut()),
+    ) {
+        for (name, d) in top {
+            if d.get("produced_by").is_some() {
+                if let Some(b) = base.get_mut(name).and_then(|b| b.as_table_mut()) {
+                    b.remove("location");
+                }
+            }
+        }
+    }
     merge(&mut merged, std::mem::take(&mut doc));
     Ok(merged)
 }
@@ -249,8 +262,15 @@ pub fn compile_str(src: &str, file: &str, ov: &Overrides) -> Result<Pipeline> {
         &datasets,
         &models,
         (default_timeout, default_retries, default_backoff),
+        file,
         &mut problems,
     );
+    // Every query planned against the declared schemas, before any data is read (with the
+    // other problems, so that all are reported at once).
+    let stand_in = as_of.unwrap_or_else(chrono::Utc::now);
+    problems.extend(crate::sql::check_queries(
+        &stages, &dag, &datasets, stand_in,
+    ));
 
     if !problems.is_empty() {
         return Err(config_err(problems));

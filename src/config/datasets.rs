@@ -104,12 +104,23 @@ pub(super) fn compile_datasets(
                 values: cs.values.clone(),
             });
         }
-        let location = spec.location.clone().unwrap_or_else(|| {
-            problems.push(format!(
-                "{path}.location: missing (a file, folder or glob under the data root, or a URL)"
-            ));
-            String::new()
-        });
+        let location = match (&spec.location, &spec.produced_by) {
+            (Some(l), None) => l.clone(),
+            (None, Some(_)) => String::new(),
+            (Some(_), Some(stage)) => {
+                problems.push(format!(
+                    "{path}: has a location and is produced by stage `{stage}`; keep one of them"
+                ));
+                String::new()
+            }
+            (None, None) => {
+                problems.push(format!(
+                    "{path}.location: missing (a file, folder or glob under the data root, a URL, \
+                     or `produced_by` a sql stage)"
+                ));
+                String::new()
+            }
+        };
         let primary_key: Vec<String> = spec
             .primary_key
             .clone()
@@ -154,6 +165,7 @@ pub(super) fn compile_datasets(
             Dataset {
                 name: name.clone(),
                 location,
+                produced_by: spec.produced_by.clone(),
                 primary_key,
                 timestamp,
                 pii,

@@ -123,8 +123,11 @@ pub struct Column {
 #[derive(Debug, Clone, Serialize)]
 pub struct Dataset {
     pub name: String,
-    /// A URL, or a path relative to the `data` root.
+    /// A URL, or a path relative to the `data` root (empty for a dataset a `sql` stage produces).
     pub location: String,
+    /// The `sql` stage whose result this dataset is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub produced_by: Option<String>,
     pub primary_key: Vec<String>,
     pub timestamp: Option<String>,
     pub pii: Vec<String>,
@@ -192,11 +195,13 @@ pub enum StageKind {
     Register,
     Health,
     Evaluate,
+    Sql,
 }
 
 impl StageKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [StageKind; 10] = [
+    pub const ALL: [StageKind; 11] = [
+        StageKind::Sql,
         StageKind::Load,
         StageKind::Validate,
         StageKind::Prepare,
@@ -221,6 +226,7 @@ impl StageKind {
             StageKind::Register => "register",
             StageKind::Health => "health",
             StageKind::Evaluate => "evaluate",
+            StageKind::Sql => "sql",
         }
     }
 
@@ -295,6 +301,10 @@ pub enum StageParams {
         models: Vec<String>,
     },
     Health,
+    Sql {
+        query: crate::sql::Query,
+        output: String,
+    },
 }
 
 impl StageParams {
@@ -323,6 +333,7 @@ impl StageParams {
             StageParams::Register { .. } => StageKind::Register,
             StageParams::Health => StageKind::Health,
             StageParams::Evaluate { .. } => StageKind::Evaluate,
+            StageParams::Sql { .. } => StageKind::Sql,
         }
     }
 }

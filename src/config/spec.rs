@@ -104,6 +104,10 @@ pub struct DatasetSpec {
     /// relative to the `data` root unless it is a URL.
     #[serde(default)]
     pub location: Option<String>,
+    /// The `sql` stage whose result this dataset is (instead of a `location`): its table, written
+    /// under the run, read like any dataset's files.
+    #[serde(default)]
+    pub produced_by: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     /// Take columns, key, timestamp and PII list from another dataset.
@@ -222,6 +226,20 @@ pub struct LoadParams {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ValidateParams {
     pub datasets: Vec<String>,
+}
+
+/// Parameters of a `sql` stage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SqlParams {
+    /// The query, inline.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Or a file holding it, relative to the pipeline file.
+    #[serde(default)]
+    pub query_file: Option<String>,
+    /// The name of the table it produces: a dataset that declares `produced_by` this stage, or
+    /// a table only later `sql` stages read.
+    pub output: String,
 }
 
 /// `[models.NAME]`: one model the pipeline trains.

@@ -16,6 +16,7 @@ pub(super) fn compile_stages(
     datasets: &IndexMap<String, Dataset>,
     models: &IndexMap<String, Model>,
     defaults: (Duration, u32, Duration),
+    file: &str,
     problems: &mut Vec<String>,
 ) -> (Vec<Stage>, Dag) {
     if specs.is_empty() {
@@ -37,7 +38,11 @@ pub(super) fn compile_stages(
             }
         }
         deps.push(d);
-        let known = Known { datasets, models };
+        let known = Known {
+            datasets,
+            models,
+            file,
+        };
         let params = stage_params(s, &path, &known, problems);
         let timeout =
             timeout(&s.timeout, &format!("{path}.timeout"), problems).unwrap_or(defaults.0);
@@ -71,6 +76,8 @@ pub(super) fn compile_stages(
 struct Known<'a> {
     datasets: &'a IndexMap<String, Dataset>,
     models: &'a IndexMap<String, Model>,
+    /// The pipeline file, which `query_file` paths are relative to.
+    file: &'a str,
 }
 
 impl Known<'_> {
@@ -98,6 +105,11 @@ impl Known<'_> {
         }
         names
     }
+}
+
+/// The stage name of a `stages.NAME` path.
+fn name_of(path: &str) -> &str {
+    path.strip_prefix("stages.").unwrap_or(path)
 }
 
 /// A stage's kind and its parameters, checked against the datasets and models.
@@ -278,6 +290,54 @@ fn stage_params(
             }
             StageParams::Health
         }),
+        "sql" => de::<SqlParams>(params, path, problems).and_then(|p| {
+            let query = match (p.query, p.query_file) {
+                (Some(q), None) => crate::sql::Query::new(q, format!("{path}.query")),
+                (None, Some(f)) => {
+                    let dir = std::path::Path::new(known.file)
+                        .parent()
+                        .unwrap_or(std::path::Path::new(""));
+                    let full = dir.join(&f).to_string_lossy().into_owned();
+                    match std::fs::read_to_string(&full) {
+                        Ok(q) => crate::sql::Query::new(q, full),
+                        Err(e) => {
+                            problems.push(format!(
+                                "{path}.query_file: cannot read {full}: {e} (the path is relative to the pipeline file)"
+                            ));
+                            return None;
+                        }
+                    }
+                }
+                _ => {
+                    problems.push(format!(
+                        "{path}: give the query inline (`query`) or in a file (`query_file`), one of them"
+                    ));
+                    return None;
+                }
+            };
+            let query = match query {
+                Ok(q) => q,
+                Err(e) => {
+                    problems.push(format!("{path}: {e}"));
+                    return None;
+                }
+            };
+            if let Some(ds) = datasets.get(&p.output) {
+                if ds.produced_by.as_deref() != Some(name_of(path)) {
+                    problems.push(format!(
+                        "{path}.output: `{}` is a dataset read from {}; name another table, or declare datasets.{}.produced_by = \"{}\"",
+                        p.output,
+                        if ds.location.is_empty() { "another stage".to_string() } else { format!("`{}`", ds.location) },
+                        p.output,
+                        name_of(path)
+                    ));
+                }
+            }
+            Some(StageParams::Sql {
+                query,
+                output: p.output,
+            })
+        }),
         "register" => de::<RegisterParams>(params, path, problems).map(|p| {
             StageParams::Register {
                 models: known.models(p.models, path, problems),
@@ -292,6 +352,13 @@ fn stage_params(
             None
         }
     }
+}
+
+/// The sql stage whose output is `table` (the first, if several name it).
+fn producer(stages: &[Stage], table: &str) -> Option<usize> {
+    stages
+        .iter()
+        .position(|s| matches!(&s.params, StageParams::Sql { output, .. } if output == table))
 }
 
 /// Checks that need the whole DAG: each stage has upstream what it reads.
@@ -358,6 +425,37 @@ fn check_across(
             }
             _ => {}
         }
+        // What a stage reads that a sql stage produces: that stage must run before it.
+        let reads: Vec<&String> = match &st.params {
+            StageParams::Load { datasets: ds } => ds.iter().collect(),
+            StageParams::Sql { query, .. } => query.tables.iter().collect(),
+            _ => Vec::new(),
+        };
+        for t in reads {
+            let Some(j) = producer(stages, t) else {
+                continue;
+            };
+            if j == i {
+                problems.push(format!(
+                    "stages.{}: the query reads `{t}`, the table it produces",
+                    st.name
+                ));
+            } else if !dag.ancestors(i).contains(&j) {
+                problems.push(format!(
+                    "stages.{}: reads `{t}`, which stage `{}` produces; add `{}` to its `needs`",
+                    st.name, stages[j].name, stages[j].name
+                ));
+            }
+        }
+        if let StageParams::Sql { output, .. } = &st.params {
+            if producer(stages, output) != Some(i) {
+                problems.push(format!(
+                    "stages.{}.output: `{output}` is also the output of stage `{}`; name each table once",
+                    st.name,
+                    stages[producer(stages, output).expect("a producer")].name
+                ));
+            }
+        }
         if let StageParams::Validate { datasets: ds } = &st.params {
             let loaded: Vec<&String> = dag
                 .ancestors(i)
@@ -375,6 +473,20 @@ fn check_across(
                     ));
                 }
             }
+        }
+    }
+    for (name, d) in datasets {
+        let Some(made_by) = &d.produced_by else {
+            continue;
+        };
+        let ok = stages.iter().any(|s| {
+            &s.name == made_by
+                && matches!(&s.params, StageParams::Sql { output, .. } if output == name)
+        });
+        if !ok {
+            problems.push(format!(
+                "datasets.{name}.produced_by: `{made_by}` is not a sql stage whose output is `{name}`"
+            ));
         }
     }
 }

@@ -35,7 +35,7 @@ pub fn to_parquet_chunks(batches: &[RecordBatch]) -> Result<PutPayload> {
 pub const CHUNK_BYTES: usize = 8 << 20;
 
 /// A `Write` that fills pieces of `size` bytes instead of one growing buffer.
-struct Chunks {
+pub struct Chunks {
     size: usize,
     done: Vec<Bytes>,
     current: Vec<u8>,
@@ -85,29 +85,108 @@ fn encode<W: std::io::Write + Send>(batches: &[RecordBatch], out: W) -> Result<W
     let first = batches
         .first()
         .ok_or_else(|| Error::Infra("internal: no batch to write".into()))?;
-    let schema = first.schema();
-    let props = properties(first);
-    let fail =
-        |e: parquet::errors::ParquetError| Error::Infra(format!("cannot encode Parquet: {e}"));
-    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(fail)?;
-    if schema.fields().iter().any(|f| f.data_type().is_nested()) {
-        // A nested column has several leaves; such tables are small here, written in order.
-        for b in batches {
-            w.write(b).map_err(fail)?;
-        }
-        return w.into_inner().map_err(fail);
+    let mut e = Encoder::new(first, out)?;
+    for b in batches {
+        e.push(b.clone())?;
     }
-    // Each row group's columns are encoded at once, one task a column, and appended in order.
-    // Every column writer gets the same slices `ArrowWriter::write` would give it, so the bytes
-    // are the ones it writes (the fixtures' byte-for-byte test holds them to that).
-    let (mut file, factory) = w.into_serialized_writer().map_err(fail)?;
-    for (i, pieces) in row_groups(batches).iter().enumerate() {
-        let writers = factory.create_column_writers(i).map_err(fail)?;
+    e.finish()
+}
+
+/// A Parquet file written batch by batch, as the batches arrive (a query's result): each row
+/// group is encoded once [`ROW_GROUP_ROWS`] rows are in, so only one group's rows are held.
+pub struct Encoder<W: std::io::Write + Send> {
+    schema: arrow::datatypes::SchemaRef,
+    inner: Inner<W>,
+    /// Batches of the row group being filled, and their rows.
+    pending: Vec<RecordBatch>,
+    rows: usize,
+    groups: usize,
+}
+
+enum Inner<W: std::io::Write + Send> {
+    /// A nested column has several leaves; such tables are small here, written in order.
+    Nested(ArrowWriter<W>),
+    Flat(
+        parquet::file::writer::SerializedFileWriter<W>,
+        parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    ),
+}
+
+fn fail(e: parquet::errors::ParquetError) -> Error {
+    Error::Infra(format!("cannot encode Parquet: {e}"))
+}
+
+/// A streaming encoder into pieces of [`CHUNK_BYTES`] (see [`to_parquet_chunks`]).
+pub fn chunked_encoder(first: &RecordBatch) -> Result<Encoder<Chunks>> {
+    Encoder::new(first, Chunks::new(CHUNK_BYTES))
+}
+
+impl Encoder<Chunks> {
+    /// The file, ready to store.
+    pub fn finish_payload(self) -> Result<PutPayload> {
+        Ok(self.finish()?.finish())
+    }
+}
+
+impl<W: std::io::Write + Send> Encoder<W> {
+    /// An encoder for batches of `first`'s schema, with the settings [`properties`] picks for it
+    /// (from its first [`DICTIONARY_SAMPLE`] rows: a streamed table's bytes do not depend on
+    /// where its batches were cut when `first` holds at least that many rows).
+    pub fn new(first: &RecordBatch, out: W) -> Result<Self> {
+        let schema = first.schema();
+        let w = ArrowWriter::try_new(out, schema.clone(), Some(properties(first))).map_err(fail)?;
+        let inner = if schema.fields().iter().any(|f| f.data_type().is_nested()) {
+            Inner::Nested(w)
+        } else {
+            let (file, factory) = w.into_serialized_writer().map_err(fail)?;
+            Inner::Flat(file, factory)
+        };
+        Ok(Encoder {
+            schema,
+            inner,
+            pending: Vec::new(),
+            rows: 0,
+            groups: 0,
+        })
+    }
+
+    /// Adds a batch; encodes every row group it completes.
+    pub fn push(&mut self, b: RecordBatch) -> Result<()> {
+        if let Inner::Nested(w) = &mut self.inner {
+            return w.write(&b).map_err(fail);
+        }
+        let mut rest = b;
+        while rest.num_rows() > 0 {
+            let take = (ROW_GROUP_ROWS - self.rows).min(rest.num_rows());
+            self.pending.push(rest.slice(0, take));
+            rest = rest.slice(take, rest.num_rows() - take);
+            self.rows += take;
+            if self.rows == ROW_GROUP_ROWS {
+                self.flush_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each row group's columns are encoded at once, one task a column, and appended in order.
+    /// Every column writer gets the same slices `ArrowWriter::write` would give it, so the bytes
+    /// are the ones it writes (the fixtures' byte-for-byte test holds them to that).
+    fn flush_group(&mut self) -> Result<()> {
+        let Inner::Flat(file, factory) = &mut self.inner else {
+            return Ok(());
+        };
+        let pieces = std::mem::take(&mut self.pending);
+        self.rows = 0;
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let writers = factory.create_column_writers(self.groups).map_err(fail)?;
+        self.groups += 1;
         let chunks = writers
             .into_par_iter()
-            .zip(schema.fields().par_iter().enumerate())
+            .zip(self.schema.fields().par_iter().enumerate())
             .map(|(mut w, (c, field))| {
-                for p in pieces {
+                for p in &pieces {
                     for leaf in compute_leaves(field, p.column(c))? {
                         w.write(&leaf)?;
                     }
@@ -121,8 +200,17 @@ fn encode<W: std::io::Write + Send>(batches: &[RecordBatch], out: W) -> Result<W
             chunk.append_to_row_group(&mut rg).map_err(fail)?;
         }
         rg.close().map_err(fail)?;
+        Ok(())
     }
-    file.into_inner().map_err(fail)
+
+    /// Encodes the last row group and the footer.
+    pub fn finish(mut self) -> Result<W> {
+        self.flush_group()?;
+        match self.inner {
+            Inner::Nested(w) => w.into_inner().map_err(fail),
+            Inner::Flat(file, _) => file.into_inner().map_err(fail),
+        }
+    }
 }
 
 /// The writer's settings for batches like `first`: zstd level 1, [`ROW_GROUP_ROWS`]-row groups,
@@ -150,32 +238,8 @@ fn properties(first: &RecordBatch) -> WriterProperties {
         .build()
 }
 
-/// The batches cut into row groups of [`ROW_GROUP_ROWS`]: each group's slices, in order, where
-/// `ArrowWriter` would cut them (empty batches are skipped, as it skips them).
-fn row_groups(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
-    let mut groups = Vec::new();
-    let (mut group, mut rows) = (Vec::new(), 0);
-    for b in batches {
-        let mut rest = b.clone();
-        while rest.num_rows() > 0 {
-            let take = (ROW_GROUP_ROWS - rows).min(rest.num_rows());
-            group.push(rest.slice(0, take));
-            rest = rest.slice(take, rest.num_rows() - take);
-            rows += take;
-            if rows == ROW_GROUP_ROWS {
-                groups.push(std::mem::take(&mut group));
-                rows = 0;
-            }
-        }
-    }
-    if !group.is_empty() {
-        groups.push(group);
-    }
-    groups
-}
-
 /// Rows sampled by [`mostly_distinct`].
-const DICTIONARY_SAMPLE: usize = 4096;
+pub const DICTIONARY_SAMPLE: usize = 4096;
 
 /// Whether a column's first rows are mostly distinct values (more than half), so that a
 /// dictionary would not pay: the writer would hash every value into a dictionary that outgrows

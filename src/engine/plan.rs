@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{self, CacheEntry, Manifest, StageRecord, StageStatus};
 use super::{Action, Plan, PlannedStage, RunOptions};
-use crate::config::{Pipeline, Stage};
+use crate::config::{Pipeline, Stage, StageParams};
 use crate::data::reader::Located;
 use crate::error::{Error, Result};
 use crate::stages;
@@ -94,7 +94,10 @@ struct Planner<'a> {
     /// The run needed stages take their outputs from.
     base: Option<Manifest>,
     located: &'a HashMap<String, Located>,
+    /// The run's time when it is pinned (`--as-of`, `run.as_of`, a resumed run's).
     as_of: Option<DateTime<Utc>>,
+    /// The run's time, pinned or not.
+    now: DateTime<Utc>,
     /// Fingerprints of the stages planned so far, by index.
     fps: HashMap<usize, String>,
 }
@@ -144,6 +147,7 @@ pub async fn plan(p: &Pipeline, o: &RunOptions) -> Result<Plan> {
         base,
         located: &located,
         as_of: as_of_pinned.then_some(as_of),
+        now: as_of,
         fps: HashMap::new(),
     };
     let mut out = Vec::new();
@@ -192,7 +196,7 @@ async fn locate_inputs(
 ) -> Result<HashMap<String, Located>> {
     let mut located = HashMap::new();
     for &i in selected {
-        for ds in stages::datasets_read(&p.stages[i]) {
+        for ds in stages::datasets_read(p, &p.stages[i]) {
             if !located.contains_key(&ds) {
                 let d = &p.datasets[&ds];
                 let l = crate::data::reader::locate(&p.storage.data, &d.location)
@@ -215,7 +219,14 @@ impl Planner<'_> {
             .iter()
             .map(|d| self.fps.get(d).map_or("", String::as_str))
             .collect();
-        let fp = fingerprint(self.p, st, &upstream, self.located, self.as_of);
+        // A query of the run's time gives another table at another time, pinned or not.
+        let uses_time = matches!(&st.params, StageParams::Sql { query, .. } if query.uses_as_of);
+        let as_of = if uses_time {
+            Some(self.now)
+        } else {
+            self.as_of
+        };
+        let fp = fingerprint(self.p, st, &upstream, self.located, as_of);
         planned.fingerprint = fp.clone();
         self.fps.insert(i, fp.clone());
         if self.o.force || !st.params.reusable() {
@@ -339,7 +350,7 @@ fn fingerprint(
     located: &HashMap<String, Located>,
     as_of: Option<DateTime<Utc>>,
 ) -> String {
-    let inputs: serde_json::Map<String, serde_json::Value> = stages::datasets_read(st)
+    let inputs: serde_json::Map<String, serde_json::Value> = stages::datasets_read(p, st)
         .into_iter()
         .filter_map(|d| {
             located

@@ -119,6 +119,27 @@ impl StageCtx {
         &self.shared.pipeline
     }
 
+    /// Where a dataset's files are. A dataset a sql stage produces is that stage's table, as its
+    /// record lists it (the producing stage is always upstream: the compiler checks it).
+    pub async fn located(&self, name: &str) -> Result<Located> {
+        let ds = &self.pipeline().datasets[name];
+        let Some(stage) = &ds.produced_by else {
+            return self.shared.located(name).await;
+        };
+        let out = self.input(stage, name)?;
+        Ok(Located {
+            store: self.shared.artifacts.clone(),
+            url: self.shared.artifacts.url_of(&out.path),
+            files: vec![crate::storage::ObjectInfo {
+                path: out.path,
+                size: out.bytes,
+                // The content's digest: equal fingerprints, equal tables.
+                e_tag: Some(out.sha256),
+                last_modified: String::new(),
+            }],
+        })
+    }
+
     /// The artifact path of a file this stage writes.
     pub fn output_path(&self, file: &str) -> String {
         format!("{}/{}/{}", self.shared.run_id, self.stage.name, file)

@@ -58,7 +58,7 @@ pub async fn run(ctx: &StageCtx, datasets: &[String]) -> Result<StageDone> {
         inputs: IndexMap::new(),
     };
     for (name, table) in datasets.iter().zip(tables) {
-        let located = ctx.shared.located(name).await?;
+        let located = ctx.located(name).await?;
         if table.num_rows() == 0 && !ctx.pipeline().datasets[name].optional {
             return Err(Error::Data(format!(
                 "dataset `{name}` at {} has no rows; check that the export that writes it ran",

@@ -15,6 +15,7 @@
 //! | [`register`] | train, fairness and drift results | registry commits, `register.json` |
 //! | [`evaluate`] | outcomes, the scoring history of earlier runs, the registry | `evaluate.json`, realized cohorts |
 //! | [`health`] | the registry, this run's drift, scoring and evaluation, the accuracy history | `health.json`, accuracy readings |
+//! | [`sql`] | the datasets and earlier sql tables its query names | `<output>.parquet`, `sql.json` |
 
 pub mod context;
 pub mod drift;
@@ -27,6 +28,7 @@ pub mod prepare;
 pub mod record;
 pub mod register;
 pub mod score;
+pub mod sql;
 pub mod train;
 pub mod validate;
 
@@ -90,6 +92,7 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
         StageParams::Fairness { models } => fairness::run(ctx, models).await,
         StageParams::Register { models } => register::run(ctx, models).await,
         StageParams::Health => health::run_stage(ctx).await,
+        StageParams::Sql { query, output } => sql::run(ctx, query, output).await,
         StageParams::Drift {
             reference,
             current,
@@ -107,11 +110,19 @@ pub async fn execute(ctx: &StageCtx) -> Result<StageDone> {
 }
 
 /// Datasets a stage reads from the data root (their files' fingerprints enter its fingerprint).
-pub fn datasets_read(st: &Stage) -> Vec<String> {
-    match &st.params {
-        StageParams::Load { datasets } => datasets.clone(),
-        _ => Vec::new(),
-    }
+/// A dataset a sql stage produces is not among them: the producing stage's fingerprint, which
+/// enters the reader's, stands for it.
+pub fn datasets_read(p: &Pipeline, st: &Stage) -> Vec<String> {
+    let names: &[String] = match &st.params {
+        StageParams::Load { datasets } => datasets,
+        StageParams::Sql { query, .. } => &query.tables,
+        _ => &[],
+    };
+    names
+        .iter()
+        .filter(|n| p.datasets.get(*n).is_some_and(|d| d.produced_by.is_none()))
+        .cloned()
+        .collect()
 }
 
 /// Bumped when a kind's logic changes its outputs, so earlier results are not reused.
@@ -134,6 +145,7 @@ pub fn kind_version(kind: StageKind) -> u32 {
         StageKind::Register => 1,
         StageKind::Health => 1,
         StageKind::Evaluate => 1,
+        StageKind::Sql => 1,
     }
 }
 
@@ -169,6 +181,18 @@ pub fn config_slice(p: &Pipeline, st: &Stage) -> serde_json::Value {
         StageParams::Train { model } => {
             serde_json::json!({ "kind": kind, "model": p.models[model] })
         }
+        // The query as written, the declarations of the datasets it reads and of its output,
+        // where the data root is (with the files' fingerprints, from `datasets_read`).
+        StageParams::Sql { query, output } => {
+            let mut read: Vec<String> = query
+                .tables
+                .iter()
+                .filter(|t| p.datasets.contains_key(*t))
+                .cloned()
+                .collect();
+            read.extend(p.datasets.contains_key(output).then(|| output.clone()));
+            serde_json::json!({ "kind": kind, "datasets": datasets(&read), "data": p.storage.data })
+        }
         StageParams::Drift { .. } | StageParams::Health | StageParams::Evaluate { .. } => {
             serde_json::json!({ "kind": kind })
         }
@@ -190,10 +214,12 @@ pub async fn dataset_table(
     expected_fingerprint: Option<&str>,
 ) -> Result<Arc<Table>> {
     use tracing::Instrument;
+    let located = ctx.located(name).await?;
     let t = read_dataset(
         ctx.shared.clone(),
         ctx.progress.clone(),
         name.to_string(),
+        located,
         expected_fingerprint.map(String::from),
     )
     .instrument(tracing::info_span!("load", dataset = %name))
@@ -204,15 +230,20 @@ pub async fn dataset_table(
 
 /// Reads several datasets in parallel (one task each, so decoding uses every core).
 pub async fn dataset_tables(ctx: &StageCtx, names: &[String]) -> Result<Vec<Arc<Table>>> {
-    let tasks: Vec<_> = names
-        .iter()
-        .map(|n| {
-            tokio::spawn(tracing::Instrument::instrument(
-                read_dataset(ctx.shared.clone(), ctx.progress.clone(), n.clone(), None),
-                tracing::info_span!("load", dataset = %n),
-            ))
-        })
-        .collect();
+    let mut tasks = Vec::with_capacity(names.len());
+    for n in names {
+        let located = ctx.located(n).await?;
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            read_dataset(
+                ctx.shared.clone(),
+                ctx.progress.clone(),
+                n.clone(),
+                located,
+                None,
+            ),
+            tracing::info_span!("load", dataset = %n),
+        )));
+    }
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         let t = t
@@ -228,11 +259,11 @@ async fn read_dataset(
     shared: Arc<context::Shared>,
     progress: indicatif::ProgressBar,
     name: String,
+    located: crate::data::reader::Located,
     expected_fingerprint: Option<String>,
 ) -> Result<Arc<Table>> {
     let name = name.as_str();
     let ds = &shared.pipeline.datasets[name];
-    let located = shared.located(name).await?;
     let fp = located.fingerprint();
     if let Some(want) = expected_fingerprint {
         if want != fp {

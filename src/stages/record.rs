@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{drift, evaluate, fairness, health, load, prepare, register, score, train, validate};
+use super::{
+    drift, evaluate, fairness, health, load, prepare, register, score, sql, train, validate,
+};
 use crate::config::StageKind;
 
 /// The state of one stage within a run.
@@ -120,6 +122,7 @@ summaries! {
     Register(register) => register,
     Evaluate(evaluate) => evaluate,
     Health(health) => health,
+    Sql(sql) => sql,
 }
 
 /// What one stage did.

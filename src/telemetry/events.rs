@@ -38,6 +38,15 @@ pub enum Event<'a> {
         rows: usize,
         files: usize,
     },
+    /// A sql stage's query ran: rows and bytes its scans read per input table, rows it wrote.
+    QueryRan {
+        stage: &'a str,
+        output: &'a str,
+        /// (table, rows in the files opened, rows the scans passed on, bytes scanned)
+        inputs: Vec<(&'a str, u64, u64, u64)>,
+        rows_out: u64,
+        seconds: f64,
+    },
     /// One quality check of a dataset, with its per-column values where it has them.
     QualityChecked {
         dataset: &'a str,
@@ -187,6 +196,31 @@ impl Event<'_> {
                 files,
             } => {
                 tracing::info!(dataset, rows, files, "dataset loaded")
+            }
+            Event::QueryRan {
+                stage,
+                output,
+                inputs,
+                rows_out,
+                seconds,
+            } => {
+                let rows_in: u64 = inputs.iter().map(|i| i.1).sum();
+                let bytes_scanned: u64 = inputs.iter().map(|i| i.3).sum();
+                let per_table = inputs
+                    .iter()
+                    .map(|(t, i, r, b)| format!("{t}: {i} rows in, {r} read, {b} bytes"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::info!(
+                    stage,
+                    output,
+                    rows_in,
+                    bytes_scanned,
+                    rows_out,
+                    seconds,
+                    inputs = %per_table,
+                    "query ran"
+                )
             }
             Event::QualityChecked {
                 dataset,
@@ -442,6 +476,21 @@ impl Event<'_> {
             )],
             Event::DatasetLoaded { dataset, rows, .. } => {
                 vec![s("data_rows", &[("dataset", dataset)], *rows as f64)]
+            }
+            Event::QueryRan {
+                stage,
+                inputs,
+                rows_out,
+                ..
+            } => {
+                let mut v = vec![s("sql_rows_written", &[("stage", stage)], *rows_out as f64)];
+                for (t, rows_in, rows, bytes) in inputs {
+                    let l = [("stage", *stage), ("table", *t)];
+                    v.push(s("sql_rows_in", &l, *rows_in as f64));
+                    v.push(s("sql_rows_read", &l, *rows as f64));
+                    v.push(s("sql_bytes_scanned", &l, *bytes as f64));
+                }
+                v
             }
             Event::QualityChecked {
                 dataset,

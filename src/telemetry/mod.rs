@@ -60,6 +60,10 @@ pub const CATALOGUE: &[MetricDef] = &[
     gauge("pipeline_last_success_timestamp_seconds", "Unix time at which the pipeline last finished a run successfully, in seconds."),
     gauge("pipeline_run_cost_usd", "Estimated Fargate cost of the run (task vCPU and memory x duration x price), in US dollars."),
     gauge("data_rows", "Rows read, by dataset."),
+    gauge("sql_rows_in", "Rows of the files a sql stage's query opened, per input table (from their footers), by stage and table."),
+    gauge("sql_rows_read", "Rows the scans of a sql stage's query passed on, per input table (sql_rows_in less what the filters pushed into the scan dropped), by stage and table."),
+    gauge("sql_bytes_scanned", "Bytes a sql stage's query read from each input table's files, by stage and table (Athena's \"data scanned\")."),
+    gauge("sql_rows_written", "Rows of the table a sql stage's query produced, by stage."),
     gauge("data_quality_null_rate", "Share of null values (0-1), by dataset and column."),
     gauge("data_quality_schema_violations", "Records that violate the declared schema, by dataset."),
     gauge("data_quality_outlier_rate", "Share of values outside the 1.5 IQR fences (0-1), by dataset and numeric column."),
@@ -261,8 +265,11 @@ fn emf_unit(name: &str) -> &'static str {
         || name.ends_with("_records")
         || name.ends_with("_violations")
         || name == "data_rows"
+        || name.starts_with("sql_rows")
     {
         "Count"
+    } else if name.ends_with("_bytes_scanned") {
+        "Bytes"
     } else {
         "None"
     }

@@ -145,11 +145,9 @@ fn cases() -> Vec<Case> {
             }),
             code: 3,
             stage: Some("load"),
-            says: &[
-                "current/part-00000.parquet",
-                "not a readable Parquet file",
-                "should not be negative",
-            ],
+            // The parquet crate's own words follow (they change between its versions: "should
+            // not be negative" in 60, "Src size is incorrect" in 59).
+            says: &["current/part-00000.parquet", "not a readable Parquet file"],
         },
         Case {
             name: "missing column",

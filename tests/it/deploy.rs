@@ -53,7 +53,7 @@ fn intrinsic_args(expr: &str, execution: &str) -> Vec<String> {
 
 /// Plays a state machine: each Task's command as its own `mlpipe` process, Parallel branches
 /// at the same time, following `Next` until a terminal state. Returns the commands run.
-fn play(
+pub(crate) fn play(
     states: &serde_json::Value,
     start: &str,
     p: &Project,

@@ -19,5 +19,6 @@ mod registry;
 mod reliability;
 mod report;
 mod run;
+mod sql;
 mod story;
 mod telemetry;
