@@ -613,6 +613,79 @@ timeout = "5m"
     }
 
     #[test]
+    fn sql_stages_and_the_datasets_they_produce_are_checked_together() {
+        let sql = |extra: &str| {
+            MINIMAL.to_string()
+                + "[datasets.e]\nproduced_by = \"derive\"\ncolumns.id = { type = \"string\" }\n\
+                   [stages.derive]\nkind = \"sql\"\nquery = \"SELECT id FROM d WHERE x > 0\"\noutput = \"e\"\n"
+                + extra
+        };
+        // A load of `e` must need the stage that writes it.
+        let all = problems(&sql(
+            "[stages.load_e]\nkind = \"load\"\ndatasets = [\"e\"]\n",
+        ))
+        .join("\n");
+        assert!(
+            all.contains("stages.load_e: reads `e`, which stage `derive` produces; add `derive` to its `needs`"),
+            "{all}"
+        );
+        let p = compile_str(
+            &sql("[stages.load_e]\nkind = \"load\"\nneeds = [\"derive\"]\ndatasets = [\"e\"]\n"),
+            "t.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(p.datasets["e"].produced_by.as_deref(), Some("derive"));
+        // The produced dataset's files are the stage's: not listed as an input of the load.
+        let load_e = p.stage("load_e").unwrap();
+        assert!(crate::stages::datasets_read(&p, load_e).is_empty());
+        assert_eq!(
+            crate::stages::datasets_read(&p, p.stage("derive").unwrap()),
+            ["d"]
+        );
+        // Both a location and a producer; a producer that does not write it; an output that is
+        // a dataset read from files; one table written twice; a query naming its own output.
+        let all = problems(
+            &(sql("")
+                + "[datasets.f]\nlocation = \"f/\"\nproduced_by = \"derive\"\ncolumns.id = { type = \"string\" }\n\
+                   [stages.again]\nkind = \"sql\"\nquery = \"SELECT 1 AS id\"\noutput = \"d\"\n\
+                   [stages.twice]\nkind = \"sql\"\nquery = \"SELECT id FROM e\"\noutput = \"e\"\n"),
+        )
+        .join("\n");
+        assert!(
+            all.contains("datasets.f: has a location and is produced by stage `derive`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("datasets.f.produced_by: `derive` is not a sql stage whose output is `f`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("stages.again.output: `d` is a dataset read from `d/`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("stages.twice.output: `e` is the dataset stage `derive` produces"),
+            "{all}"
+        );
+        // A query file that is not there; neither query nor query_file.
+        let all = problems(
+            &(MINIMAL.to_string()
+                + "[stages.f]\nkind = \"sql\"\nquery_file = \"nope.sql\"\noutput = \"x\"\n\
+                   [stages.g]\nkind = \"sql\"\noutput = \"y\"\n"),
+        )
+        .join("\n");
+        assert!(
+            all.contains("stages.f.query_file: cannot read nope.sql"),
+            "{all}"
+        );
+        assert!(
+            all.contains("stages.g: give the query inline (`query`) or in a file (`query_file`)"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn set_overrides_and_type_errors_name_the_key() {
         let ov = Overrides {
             set: vec![("stages.check.retries".into(), "\"two\"".into())],

@@ -323,14 +323,17 @@ fn stage_params(
                 }
             };
             if let Some(ds) = datasets.get(&p.output) {
-                if ds.produced_by.as_deref() != Some(name_of(path)) {
-                    problems.push(format!(
-                        "{path}.output: `{}` is a dataset read from {}; name another table, or declare datasets.{}.produced_by = \"{}\"",
-                        p.output,
-                        if ds.location.is_empty() { "another stage".to_string() } else { format!("`{}`", ds.location) },
-                        p.output,
-                        name_of(path)
-                    ));
+                let stage = name_of(path);
+                match &ds.produced_by {
+                    Some(by) if by == stage => {}
+                    Some(by) => problems.push(format!(
+                        "{path}.output: `{}` is the dataset stage `{by}` produces; name another table",
+                        p.output
+                    )),
+                    None => problems.push(format!(
+                        "{path}.output: `{}` is a dataset read from `{}`; name another table, or declare datasets.{}.produced_by = \"{stage}\" instead of its location",
+                        p.output, ds.location, p.output
+                    )),
                 }
             }
             Some(StageParams::Sql {

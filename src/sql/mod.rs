@@ -163,6 +163,13 @@ impl Rendered {
         }
     }
 
+    /// The position just after the query's last character (where the parser found it ended).
+    fn end(&self) -> (u64, u64) {
+        let lines = self.sql.split('\n').count() as u64;
+        let last = self.sql.rsplit('\n').next().unwrap_or("");
+        (lines, last.chars().count() as u64 + 1)
+    }
+
     /// The one statement of the query, which must be a query (`SELECT`, `WITH`, `VALUES`).
     pub fn parse(&self, origin: &str) -> Result<Statement, String> {
         let mut statements =
@@ -213,7 +220,8 @@ impl Rendered {
         };
         let position = position
             .filter(|p| p.0 > 0)
-            .or_else(|| line_column(&message));
+            .or_else(|| line_column(&message))
+            .or_else(|| message.contains("found: EOF").then(|| self.end()));
         let message = strip_position(&message);
         match position {
             Some((line, column)) => format!(
@@ -487,6 +495,8 @@ mod tests {
     #[test]
     fn syntax_errors_and_statements_that_are_not_queries_say_where() {
         let e = Query::new("SELECT a,\n  FROM t WHERE".into(), "q.sql".into()).unwrap_err();
+        assert_eq!(e, "q.sql:2:15: Expected: an expression, found: EOF");
+        let e = Query::new("SELECT a\nFROM t WHERE AND b".into(), "q.sql".into()).unwrap_err();
         assert!(e.starts_with("q.sql:2:"), "{e}");
         let e = Query::new("DROP TABLE t".into(), "q.sql".into()).unwrap_err();
         assert!(e.contains("is not a query"), "{e}");

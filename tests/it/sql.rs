@@ -12,12 +12,20 @@ use crate::common::*;
 /// The raw export's snapshot time (`pipelines/raw.toml`'s `run.as_of`).
 const EXPORT_AS_OF: &str = "2026-11-20T06:00:00Z";
 
-/// A project with the generator's flat tables and raw export of `rows` customers.
+/// A project with the generator's flat tables and raw export of `rows` customers in
+/// `data/export/` (`pipelines/raw.toml`'s data root).
 fn raw_project(rows: usize) -> Project {
     let p = Project::new(false);
     let n = rows.to_string();
     p.ok(&[
-        "generate", "--raw", "--rows", &n, "--seed", "42", "--out", "data",
+        "generate",
+        "--raw",
+        "--rows",
+        &n,
+        "--seed",
+        "42",
+        "--out",
+        "data/export",
     ]);
     p
 }
@@ -36,7 +44,7 @@ fn summary<'a>(m: &'a serde_json::Value, stage: &str) -> &'a serde_json::Value {
 #[test]
 fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
     let p = raw_project(5000);
-    let truth = p.json("data/truth.json");
+    let truth = p.json("data/export/truth.json");
     p.ok(&["validate", "pipelines/raw.toml"]);
     p.ok(&["run", "pipelines/raw.toml", "--run-id", "raw"]);
     let m = p.json("runs/raw/raw/manifest.json");
@@ -44,7 +52,9 @@ fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
 
     // The derived table is the flat one, column for column, value for value.
     let derived = read_parquet(&p.path("runs/raw/raw/features/customers.parquet"));
-    let flat = sorted_by_id(&read_parquet(&p.path("data/customers/part-00000.parquet")));
+    let flat = sorted_by_id(&read_parquet(
+        &p.path("data/export/customers/part-00000.parquet"),
+    ));
     assert_eq!(derived.num_rows(), 5000);
     // The declared order and canonical types (every column nullable: nulls where the
     // declaration forbids them are the validate stage's to count, not the writer's to refuse).
@@ -119,7 +129,7 @@ fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
 
     // The flat pipeline on the flat table in the same order trains the same models.
     write_parquet(
-        &p.path("data/customers/part-00000.parquet"),
+        &p.path("data/export/customers/part-00000.parquet"),
         &flat,
         128 * 1024,
     );
@@ -131,6 +141,8 @@ fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
         EXPORT_AS_OF,
         "--run-id",
         "flat",
+        "--set",
+        "storage.data=data/export",
     ]);
     let f = p.manifest("flat");
     for stage in ["train_engagement", "train_churn", "train_ltv"] {
@@ -186,6 +198,16 @@ fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
         "features",
         "--force",
     ]);
+}
+
+/// A bucket's environment with the data root at the export (the fixtures go to `data/`).
+fn export_root(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    for (k, v) in &mut env {
+        if k == "MLPIPE_DATA" {
+            v.push_str("/export");
+        }
+    }
+    env
 }
 
 /// A project whose pipeline file is `pipelines/raw.toml` with `extra` appended.
@@ -362,13 +384,16 @@ fn sql_stages_read_and_write_through_s3() {
             "--to",
             "load",
         ],
-        &s3.env(""),
+        &export_root(s3.env("")),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s3.object("runs/s3/manifest.json")).unwrap())
             .unwrap();
-    assert_eq!(m["inputs"]["events"]["url"], "s3://mlpipe/data/raw/events/");
+    assert_eq!(
+        m["inputs"]["events"]["url"],
+        "s3://mlpipe/data/export/raw/events/"
+    );
     assert_eq!(m["stages"]["features"]["summary"]["rows_out"], 1000);
     assert!(
         m["stages"]["cleanup"]["summary"]["inputs"]["events"]["bytes_scanned"]
@@ -422,7 +447,7 @@ fn the_raw_pipeline_exports_to_step_functions_and_plays_stage_by_stage() {
         &v["States"],
         v["StartAt"].as_str().unwrap(),
         &p,
-        &s3.env("sfn/"),
+        &export_root(s3.env("sfn/")),
         "exec-1",
     );
     assert_eq!(ran.len(), 9, "{ran:?}");
