@@ -123,8 +123,14 @@ fn the_raw_pipeline_derives_the_flat_table_and_trains_the_same_models() {
         )) || prom.contains(&format!("stage=\"cleanup\",table=\"events\"}} {events_read}")),
         "{prom}"
     );
-    assert!(prom.contains("sql_rows_written"), "{prom}");
-    assert!(prom.contains("sql_bytes_scanned"), "{prom}");
+    for name in [
+        "sql_rows_in",
+        "sql_rows_read",
+        "sql_bytes_scanned",
+        "sql_rows_written",
+    ] {
+        assert!(prom.contains(&format!("# HELP {name} ")), "{name}: {prom}");
+    }
     assert_eq!(m["inputs"]["events"]["rows"], raw["events"]);
 
     // The flat pipeline on the flat table in the same order trains the same models.
@@ -456,4 +462,61 @@ fn the_raw_pipeline_exports_to_step_functions_and_plays_stage_by_stage() {
         assert_eq!(r["status"], "succeeded", "{stage}: {m}");
     }
     assert_eq!(m["stages"]["features"]["summary"]["rows_out"], 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_stages_read_and_write_through_memory_stores() {
+    use mlpipe::config::{compile_file, Overrides};
+    use mlpipe::engine::{self, manifest::StageStatus, RunOptions};
+    use mlpipe::storage::Store;
+    let p = raw_project(400);
+    // The export copied into an in-process store: the query reads it there, and its table is
+    // written to (and loaded from) another.
+    let data = Store::open("memory://it-sql/data").unwrap();
+    let root = p.path("data/export");
+    for f in parquet_files(&root) {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+        let bytes = bytes::Bytes::from(std::fs::read(&f).unwrap());
+        data.put(&rel, bytes).await.unwrap();
+    }
+    let ov = Overrides {
+        set: vec![
+            ("storage.data".into(), "\"memory://it-sql/data\"".into()),
+            (
+                "storage.artifacts".into(),
+                "\"memory://it-sql/runs\"".into(),
+            ),
+            (
+                "storage.registry".into(),
+                "\"memory://it-sql/models\"".into(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let file = p.path("pipelines/raw.toml").to_string_lossy().to_string();
+    let pipeline = std::sync::Arc::new(compile_file(&file, &ov).unwrap());
+    let opts = RunOptions {
+        run_id: Some("mem".into()),
+        to: Some("validate".into()),
+        ..Default::default()
+    };
+    let plan = engine::plan(&pipeline, &opts).await.unwrap();
+    let out = engine::execute(pipeline.clone(), plan, &opts)
+        .await
+        .unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    for stage in ["cleanup", "features", "load", "validate"] {
+        assert_eq!(
+            out.manifest.stages[stage].status,
+            StageStatus::Succeeded,
+            "{stage}"
+        );
+    }
+    let q: serde_json::Value = Store::open("memory://it-sql/runs")
+        .unwrap()
+        .get_json("mem/validate/quality.json")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q["datasets"]["customers"]["rows"], 400);
 }
