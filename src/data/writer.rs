@@ -327,6 +327,31 @@ mod tests {
         );
     }
 
+    /// A streamed table (a query's result) gives the same bytes however its batches were cut,
+    /// once the first holds the rows the settings are chosen from.
+    #[test]
+    fn a_streamed_table_does_not_depend_on_its_batch_boundaries() {
+        let n = ROW_GROUP_ROWS + 5_000;
+        let batch = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("c{i}")),
+            )) as ArrayRef,
+        )])
+        .unwrap();
+        let stream = |cuts: &[usize]| {
+            let mut e = chunked_encoder(&batch.slice(0, cuts[1])).unwrap();
+            for w in cuts.windows(2) {
+                e.push(batch.slice(w[0], w[1] - w[0])).unwrap();
+            }
+            let p = e.finish_payload().unwrap();
+            p.iter().flatten().copied().collect::<Vec<u8>>()
+        };
+        let whole = to_parquet(&[batch.clone()]).unwrap();
+        assert!(stream(&[0, n]) == whole.as_ref());
+        assert!(stream(&[0, DICTIONARY_SAMPLE, 8192, 8193, 100_000, n]) == whole.as_ref());
+    }
+
     /// Mostly distinct columns are written without a dictionary, repetitive ones with one, and
     /// every value reads back.
     #[test]

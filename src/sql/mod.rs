@@ -267,12 +267,44 @@ fn first_words(s: &str) -> String {
     s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// A session as every sql stage uses it: spans kept for positions in messages; the engine's
-/// defaults otherwise (one partition per core).
+/// A session as every sql stage uses it: spans kept for positions in messages; a memory pool
+/// of [`memory_budget`] bytes, beyond which sorts, aggregations and joins spill to the
+/// temporary folder instead of growing (a 10 M-customer export's events do not fit in memory);
+/// the engine's defaults otherwise (one partition per core).
 pub fn session() -> SessionContext {
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     let mut config = SessionConfig::new();
     config.options_mut().sql_parser.collect_spans = true;
-    SessionContext::new_with_config(config)
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_budget())))
+        .build_arc()
+        .expect("a runtime with a memory pool and the default temporary folder");
+    SessionContext::new_with_config_rt(config, runtime)
+}
+
+/// The memory a query may hold before it spills: `MLPIPE_SQL_MEMORY_MB`, else half of the
+/// memory this process may use (the container's limit where there is one, else the machine's).
+pub fn memory_budget() -> usize {
+    if let Some(mb) = std::env::var("MLPIPE_SQL_MEMORY_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return mb << 20;
+    }
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb << 10)
+    });
+    let total = match (cgroup, machine) {
+        (Some(c), Some(m)) => c.min(m),
+        (c, m) => c.or(m).unwrap_or(8 << 30),
+    };
+    total / 2
 }
 
 /// The Arrow type a declared column has in a query: the canonical type, with text as string
