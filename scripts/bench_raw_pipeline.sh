@@ -31,7 +31,9 @@ parts = []
 for st in ("cleanup", "features"):
     s = m["stages"][st]
     q = s["summary"]
-    parts.append(f"{st} {s['duration_s']:.2f} s ({q['rows_out']} rows, {q['inputs']} )")
+    read = ", ".join(f"{t} {r['rows_in']}" for t, r in q["inputs"].items())
+    mb = sum(r["bytes_scanned"] for r in q["inputs"].values()) / 1e6
+    parts.append(f"{st} {s['duration_s']:.2f} s (read {read}; {mb:.0f} MB scanned; {q['rows_out']} rows out)")
 print("  mlpipe: " + "; ".join(parts))
 PY
   rm -f "$WORK/duck/"*
