@@ -101,49 +101,43 @@ pub async fn run(ctx: &StageCtx, query: &Query, output: &str) -> Result<StageDon
     ctx.progress
         .set_message(format!("running the query for {output}"));
 
-    // The encoder's settings come from the first rows: they are gathered into one batch first,
-    // so the file's bytes do not depend on where the engine cut its batches.
+    // The result is re-cut into whole row groups before it is encoded: the file's bytes (and
+    // the settings the encoder takes from its first rows) do not depend on where the engine
+    // cut its batches.
     let mut encoder = None;
-    let mut first: Vec<RecordBatch> = Vec::new();
+    let mut groups = crate::data::writer::Regroup::new(shape.schema.clone());
     let mut rows_out = 0u64;
     let mut ended = false;
     while !ended {
-        let batch = match stream.next().await {
-            Some(b) => shape.apply(&b.map_err(failed)?)?,
+        let ready = match stream.next().await {
+            Some(b) => {
+                let b = shape.apply(&b.map_err(failed)?)?;
+                rows_out += b.num_rows() as u64;
+                groups.push(b)?
+            }
             None => {
                 ended = true;
-                RecordBatch::new_empty(shape.schema.clone())
+                let last = std::mem::replace(
+                    &mut groups,
+                    crate::data::writer::Regroup::new(shape.schema.clone()),
+                );
+                last.finish()?.into_iter().collect()
             }
         };
-        rows_out += batch.num_rows() as u64;
-        let batch = if encoder.is_none() {
-            first.push(batch);
-            let gathered: usize = first.iter().map(|b| b.num_rows()).sum();
-            if gathered == 0 || (gathered < crate::data::writer::DICTIONARY_SAMPLE && !ended) {
-                continue;
-            }
-            let b = arrow::compute::concat_batches(&shape.schema, &first)
-                .map_err(|e| Error::Infra(format!("stage `{stage}`: {e}")))?;
-            first.clear();
-            b
-        } else {
-            batch
-        };
-        if batch.num_rows() == 0 {
-            continue;
+        for batch in ready {
+            let e = match encoder.take() {
+                Some(e) => e,
+                None => crate::data::writer::chunked_encoder(&batch)?,
+            };
+            encoder = Some(
+                tokio::task::spawn_blocking(move || {
+                    let mut e = e;
+                    e.push(batch).map(|()| e)
+                })
+                .await
+                .map_err(|e| Error::Infra(format!("stage `{stage}`: writer task failed: {e}")))??,
+            );
         }
-        let e = match encoder.take() {
-            Some(e) => e,
-            None => crate::data::writer::chunked_encoder(&batch)?,
-        };
-        encoder = Some(
-            tokio::task::spawn_blocking(move || {
-                let mut e = e;
-                e.push(batch).map(|()| e)
-            })
-            .await
-            .map_err(|e| Error::Infra(format!("stage `{stage}`: writer task failed: {e}")))??,
-        );
     }
     let read = scans(&physical, &tables);
     let inputs_read: IndexMap<String, TableRead> = query
