@@ -150,8 +150,10 @@ impl Regroup {
     }
 
     /// The last, partial row group (none if no rows are left).
-    pub fn finish(mut self) -> Result<Option<RecordBatch>> {
-        Ok((self.rows > 0).then(|| self.concat()).transpose()?)
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        let last = (self.rows > 0).then(|| self.concat()).transpose()?;
+        self.rows = 0;
+        Ok(last)
     }
 
     fn concat(&mut self) -> Result<RecordBatch> {

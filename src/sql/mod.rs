@@ -24,7 +24,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use serde::Serialize;
 
-use crate::config::{ColumnType, Dataset, Stage, StageParams};
+use crate::config::{Dataset, Stage, StageParams};
 
 /// The placeholders a query may use, rendered as SQL literals of the run's time.
 pub const PLACEHOLDERS: [&str; 2] = ["as_of", "as_of_date"];
@@ -314,12 +314,6 @@ pub fn memory_budget() -> usize {
     total / 2
 }
 
-/// The Arrow type a declared column has in a query: the canonical type (text as plain strings,
-/// not the engine's default string views: see [`session`]).
-fn engine_type(ty: ColumnType) -> DataType {
-    crate::data::adapt::canonical_type(ty)
-}
-
 /// A declared dataset's schema as queries see it, without the columns in `leave_out` (hive
 /// partition columns, which the engine adds from the paths).
 pub fn declared_schema(ds: &Dataset, leave_out: &[String]) -> SchemaRef {
@@ -327,7 +321,7 @@ pub fn declared_schema(ds: &Dataset, leave_out: &[String]) -> SchemaRef {
         ds.columns
             .iter()
             .filter(|c| !leave_out.contains(&c.name))
-            .map(|c| Field::new(&c.name, engine_type(c.ty), true))
+            .map(|c| Field::new(&c.name, crate::data::adapt::canonical_type(c.ty), true))
             .collect::<Vec<_>>(),
     ))
 }

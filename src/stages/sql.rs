@@ -117,11 +117,7 @@ pub async fn run(ctx: &StageCtx, query: &Query, output: &str) -> Result<StageDon
             }
             None => {
                 ended = true;
-                let last = std::mem::replace(
-                    &mut groups,
-                    crate::data::writer::Regroup::new(shape.schema.clone()),
-                );
-                last.finish()?.into_iter().collect()
+                groups.finish()?.into_iter().collect()
             }
         };
         for batch in ready {
@@ -321,22 +317,14 @@ fn partition_columns(
     let Some(first) = located.files.first() else {
         return Vec::new();
     };
-    first
-        .path
+    // The folders of its path, outermost first: `event_date=2026-11-19/part-00000.parquet`.
+    let folders = first.path.rsplit_once('/').map_or("", |(d, _)| d);
+    folders
         .split('/')
-        .rev()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
         .filter_map(|seg| seg.split_once('=').map(|(k, _)| k))
         .filter_map(|k| {
             let c = ds.column(k)?;
-            let ty = match c.ty {
-                ColumnType::String => DataType::Utf8,
-                other => crate::data::adapt::canonical_type(other),
-            };
-            Some((k.to_string(), ty))
+            Some((k.to_string(), crate::data::adapt::canonical_type(c.ty)))
         })
         .collect()
 }

@@ -112,13 +112,10 @@ pub(crate) fn play(
     }
 }
 
-#[test]
-fn the_step_functions_export_lints_and_played_stage_by_stage_matches_one_process() {
-    let p = Project::new(true);
-    let def = p.ok(&["export", "step-functions"]);
-    let v: serde_json::Value = serde_json::from_str(&def).unwrap();
+/// `statelint` accepts the state machine `def` (written to the project's `sfn.json`).
+pub(crate) fn statelint(p: &Project, def: &str) {
     need_installed("statelint", "pip install statelint");
-    std::fs::write(p.path("sfn.json"), &def).unwrap();
+    std::fs::write(p.path("sfn.json"), def).unwrap();
     let o = Command::new("statelint")
         .arg(p.path("sfn.json"))
         .output()
@@ -129,6 +126,14 @@ fn the_step_functions_export_lints_and_played_stage_by_stage_matches_one_process
         stdout(&o),
         stderr(&o)
     );
+}
+
+#[test]
+fn the_step_functions_export_lints_and_played_stage_by_stage_matches_one_process() {
+    let p = Project::new(true);
+    let def = p.ok(&["export", "step-functions"]);
+    let v: serde_json::Value = serde_json::from_str(&def).unwrap();
+    statelint(&p, &def);
 
     // The shape: the trainings in one Parallel state; every task an ECS runTask.sync with
     // Retry, the run id from the execution; a Catch on every top-level step.

@@ -299,29 +299,23 @@ fn a_result_that_breaks_its_declaration_or_keeps_nothing_fails_clearly() {
          [stages.nothing]\nkind = \"sql\"\nquery = \"SELECT * FROM profiles WHERE birth_year > 3000\"\noutput = \"nothing\"\n",
     );
     p.ok(&["validate", &f]);
-    let run = |stage: &str| p.mlpipe(&["run", &f, "--stage", stage]);
-    let o = run("wrong");
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains(
-            "column `birth_year` of the result is int32, which datasets.wrong declares string"
-        ),
-        "{}",
-        stderr(&o)
+    // Each stage alone: exit 3, saying what is wrong and where.
+    let fails = |stage: &str, says: &str| {
+        let o = p.mlpipe(&["run", &f, "--stage", stage]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    };
+    fails(
+        "wrong",
+        "column `birth_year` of the result is int32, which datasets.wrong declares string",
     );
-    let o = run("missing");
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("the result has no column `age`, which datasets.missing declares"),
-        "{}",
-        stderr(&o)
+    fails(
+        "missing",
+        "the result has no column `age`, which datasets.missing declares",
     );
-    let o = run("nothing");
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("stage `nothing`: the query produced no rows for `nothing`"),
-        "{}",
-        stderr(&o)
+    fails(
+        "nothing",
+        "stage `nothing`: the query produced no rows for `nothing`",
     );
 }
 
@@ -431,18 +425,7 @@ fn sql_stages_read_and_write_through_s3() {
 fn the_raw_pipeline_exports_to_step_functions_and_plays_stage_by_stage() {
     let p = raw_project(800);
     let def = p.ok(&["export", "step-functions", "pipelines/raw.toml"]);
-    std::fs::write(p.path("sfn.json"), &def).unwrap();
-    need_installed("statelint", "pip install statelint");
-    let o = std::process::Command::new("statelint")
-        .arg(p.path("sfn.json"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "statelint:\n{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    crate::deploy::statelint(&p, &def);
     let v: serde_json::Value = serde_json::from_str(&def).unwrap();
     assert_eq!(v["StartAt"], "cleanup");
 
