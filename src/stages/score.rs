@@ -175,27 +175,39 @@ pub async fn run(
         .shared
         .as_of
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut scorers = Vec::with_capacity(models.len());
     for m in models {
+        scorers.push(scorer(ctx, m, from).await?);
+    }
+    // The models score side by side: each one's serial steps (calibration, the estimate's
+    // sorting) overlap the others' parallel ones.
+    let tasks: Vec<_> = models
+        .iter()
+        .zip(&scorers)
+        .map(|(m, s)| {
+            let (t, a) = (table.clone(), s.artifact.clone());
+            let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| {
+                    let mut p = a.score(&t)?;
+                    let started = std::time::Instant::now();
+                    let e = a.estimate(&p);
+                    p.estimate_seconds += started.elapsed().as_secs_f64();
+                    Ok::<_, String>((p, e))
+                })
+            })
+        })
+        .collect();
+    for ((m, scorer), task) in models.iter().zip(scorers).zip(tasks) {
         let Scorer {
             artifact,
             version,
             sha256,
-        } = scorer(ctx, m, from).await?;
-        let t = table.clone();
-        let a = artifact.clone();
-        let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
-        let scored = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                let mut p = a.score(&t)?;
-                let started = std::time::Instant::now();
-                let e = a.estimate(&p);
-                p.estimate_seconds += started.elapsed().as_secs_f64();
-                Ok::<_, String>((p, e))
-            })
-        })
-        .await
-        .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
-        .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
+        } = scorer;
+        let scored = task
+            .await
+            .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
+            .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
         let (pred, estimated) = scored;
         let values = &pred.values;
         let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;

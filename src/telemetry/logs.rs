@@ -120,8 +120,16 @@ pub fn init(json: bool, rt: &tokio::runtime::Runtime) -> Guard {
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let default = if json { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("MLPIPE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // `MLPIPE_LOG_SPANS=1`: a line as each span closes, with how long it was busy and idle (the
+    // stage's steps: `fit`, `predict`, `estimator`, ...), to see where a stage's time goes.
+    let spans = if std::env::var_os("MLPIPE_LOG_SPANS").is_some_and(|v| !v.is_empty() && v != "0") {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
+            .with_span_events(spans)
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines)
             .with_writer(std::io::stdout)
@@ -129,6 +137,7 @@ pub fn init(json: bool, rt: &tokio::runtime::Runtime) -> Guard {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_span_events(spans)
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_filter(filter)

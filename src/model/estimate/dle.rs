@@ -83,8 +83,10 @@ impl Dle {
     pub fn loss_sums(&self, x: &[&[f64]], pred: &[f64]) -> [f64; 2] {
         let mut inputs: Vec<&[f64]> = x.to_vec();
         inputs.push(pred);
-        let sum = |b: &Booster| b.predict(&inputs).iter().map(|v| v.max(0.0)).sum::<f64>();
-        [sum(&self.absolute_error), sum(&self.squared_error)]
+        // Both boosters learned from the same inputs: each value is ranked once for the two.
+        let both = Booster::predict_many(&[&self.absolute_error, &self.squared_error], &inputs);
+        let sum = |p: &[f64]| p.iter().map(|v| v.max(0.0)).sum::<f64>();
+        [sum(&both[0]), sum(&both[1])]
     }
 
     /// The estimates for `n` scored rows whose [`Dle::loss_sums`] are `sums`.

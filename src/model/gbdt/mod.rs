@@ -93,9 +93,24 @@ impl Booster {
     /// Predictions: the score for regression, the probability for logistic.
     pub fn predict(&self, x: &[&[f64]]) -> Vec<f64> {
         let mut s = self.raw(x);
+        self.link(&mut s);
+        s
+    }
+
+    /// [`Booster::predict`] of several boosters over the same features, each value ranked once
+    /// for all of them where their thresholds allow (see [`predict`]).
+    pub fn predict_many(boosters: &[&Booster], x: &[&[f64]]) -> Vec<Vec<f64>> {
+        let mut out = predict::raw_many(boosters, x);
+        for (b, s) in boosters.iter().zip(&mut out) {
+            b.link(s);
+        }
+        out
+    }
+
+    /// Raw scores to predictions.
+    fn link(&self, s: &mut [f64]) {
         if self.objective == Objective::Logistic {
             s.iter_mut().for_each(|v| *v = sigmoid(*v));
         }
-        s
     }
 }

@@ -7,7 +7,9 @@
 //!   comparison `rank <= k`. A tree becomes three 64-byte tables indexed by node (feature, rank of
 //!   the threshold, left child); the node numbers of 64 rows sit in one 512-bit register, and one
 //!   step of all 64 rows is three byte permutes (`vpermb`), a select of each row's feature, a
-//!   compare and an add. About 5 times fewer instructions than the scalar walk.
+//!   compare and an add. About 5 times fewer instructions than the scalar walk. Boosters
+//!   fitted on the same inputs (DLE's two loss models) are scored together: their thresholds
+//!   share one list per feature, so each value is ranked once for both ([`raw_many`]).
 //! - **Lockstep** (everything else): blocks of 64 rows walk each tree for its depth, one row at a
 //!   time, leaves pointing to themselves so the inner loop has no data-dependent branch.
 
@@ -24,11 +26,25 @@ const TASK_BLOCKS: usize = 8;
 pub(super) fn raw(b: &Booster, x: &[&[f64]]) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
-        if let Some(r) = Ranked::new(b, x.len()) {
-            return r.raw(b.init_score, x);
+        if let Some(r) = Ranked::new(&[b], x.len()) {
+            return r.raw(&[b.init_score], x).remove(0);
         }
     }
     lockstep(b, x)
+}
+
+/// [`raw`] of several boosters over the same features. Where their thresholds fit one ranked
+/// layout together (boosters fitted on the same inputs split on the same bin bounds, as DLE's
+/// two loss models do), each value is ranked once for all of them; else each is scored alone.
+pub(super) fn raw_many(bs: &[&Booster], x: &[&[f64]]) -> Vec<Vec<f64>> {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() && !bs.is_empty() {
+        if let Some(r) = Ranked::new(bs, x.len()) {
+            let init: Vec<f64> = bs.iter().map(|b| b.init_score).collect();
+            return r.raw(&init, x);
+        }
+    }
+    bs.iter().map(|b| raw(b, x)).collect()
 }
 
 /// A tree laid out for scoring a block of rows in lockstep: a leaf points to itself, so every row
@@ -115,15 +131,19 @@ fn lockstep(b: &Booster, x: &[&[f64]]) -> Vec<f64> {
 /// The rank of a NaN: above every threshold's rank, so NaN goes right at every split.
 const NAN_RANK: u8 = 255;
 
-/// The booster over ranks. `cuts[f]` are the distinct thresholds its trees split feature `f` on,
-/// increasing; a value's rank is the number of cuts below it, so `x <= cuts[f][k]` exactly when
-/// `rank(x) <= k`. At most 254 cuts per feature, so every rank of a cut is below [`NAN_RANK`].
+/// One or more boosters over ranks. `cuts[f]` are the distinct thresholds their trees split
+/// feature `f` on, increasing; a value's rank is the number of cuts below it, so
+/// `x <= cuts[f][k]` exactly when `rank(x) <= k`. At most 254 cuts per feature, so every rank of
+/// a cut is below [`NAN_RANK`].
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Ranked {
     cuts: Vec<Vec<f64>>,
     /// `cuts`, for counting how many lie below a value.
     sorted: Vec<Sorted>,
+    /// The boosters' trees, one booster after another.
     trees: Vec<RankTree>,
+    /// Where each booster's trees end in `trees`.
+    ends: Vec<usize>,
 }
 
 /// One tree of at most 64 nodes as tables indexed by node number. The right child of an
@@ -148,15 +168,15 @@ const LEAVES: usize = BLOCK / 2;
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Ranked {
-    /// `None` when the booster does not fit the layout: a tree of more than 64 nodes or 32 leaves,
-    /// children not in pairs or numbered before their parent, a NaN threshold, more than 254 distinct thresholds on a feature, or more
-    /// than 255 features.
-    fn new(b: &Booster, n_features: usize) -> Option<Ranked> {
+    /// `None` when the boosters do not fit the layout: a tree of more than 64 nodes or 32 leaves,
+    /// children not in pairs or numbered before their parent, a NaN threshold, more than 254
+    /// distinct thresholds on a feature (all boosters together), or more than 255 features.
+    fn new(bs: &[&Booster], n_features: usize) -> Option<Ranked> {
         if n_features > 255 {
             return None;
         }
         let mut cuts: Vec<Vec<f64>> = vec![Vec::new(); n_features];
-        for t in &b.trees {
+        for t in bs.iter().flat_map(|b| &b.trees) {
             let m = t.left.len();
             if m > BLOCK || t.left.iter().filter(|l| **l < 0).count() > LEAVES {
                 return None;
@@ -184,9 +204,9 @@ impl Ranked {
                 return None;
             }
         }
-        let trees = b
-            .trees
+        let trees = bs
             .iter()
+            .flat_map(|b| &b.trees)
             .map(|t| {
                 let mut r = RankTree {
                     feature: [0; BLOCK],
@@ -225,49 +245,72 @@ impl Ranked {
             })
             .collect();
         let sorted = cuts.iter().map(|c| Sorted::new(c)).collect();
+        let ends = bs
+            .iter()
+            .scan(0, |end, b| {
+                *end += b.trees.len();
+                Some(*end)
+            })
+            .collect();
         Some(Ranked {
             cuts,
             sorted,
             trees,
+            ends,
         })
     }
 
+    /// Each booster's raw scores (`init[b]` plus its trees' leaf values), the rows ranked once.
     #[cfg(target_arch = "x86_64")]
-    fn raw(&self, init: f64, x: &[&[f64]]) -> Vec<f64> {
+    fn raw(&self, init: &[f64], x: &[&[f64]]) -> Vec<Vec<f64>> {
         let n = x.first().map_or(0, |c| c.len());
-        let mut out = vec![init; n];
+        let mut outs: Vec<Vec<f64>> = init.iter().map(|&i| vec![i; n]).collect();
         let nf = x.len();
+        let task = TASK_BLOCKS * BLOCK;
         let group = simd::GROUP * BLOCK;
-        out.par_chunks_mut(TASK_BLOCKS * BLOCK)
-            .enumerate()
-            .for_each(|(k, chunk)| {
-                // `ranks[g * nf + f][j]`: the rank of row `j` of block `g` in feature `f`.
-                let mut ranks = vec![[0u8; BLOCK]; simd::GROUP * nf];
-                for (gi, rows) in chunk.chunks_mut(group).enumerate() {
-                    let base = k * TASK_BLOCKS * BLOCK + gi * group;
-                    for (g, block) in rows.chunks(BLOCK).enumerate() {
-                        let base = base + g * BLOCK;
-                        let ranks = &mut ranks[g * nf..(g + 1) * nf];
-                        for (((col, cuts), sorted), r) in
-                            x.iter().zip(&self.cuts).zip(&self.sorted).zip(ranks)
-                        {
-                            // A feature no tree splits on is never read.
-                            if !cuts.is_empty() {
-                                let m = block.len();
-                                sorted.count_below(
-                                    &col[base..base + m],
-                                    &mut r[..m],
-                                    NAN_RANK,
-                                    NAN_RANK,
-                                );
-                            }
+        // Each task's rows in every booster's scores.
+        let mut tasks: Vec<Vec<&mut [f64]>> = (0..n.div_ceil(task))
+            .map(|_| Vec::with_capacity(outs.len()))
+            .collect();
+        for out in &mut outs {
+            for (t, rows) in tasks.iter_mut().zip(out.chunks_mut(task)) {
+                t.push(rows);
+            }
+        }
+        tasks.into_par_iter().enumerate().for_each(|(k, mut outs)| {
+            // `ranks[g * nf + f][j]`: the rank of row `j` of block `g` in feature `f`.
+            let mut ranks = vec![[0u8; BLOCK]; simd::GROUP * nf];
+            let len = outs[0].len();
+            for start in (0..len).step_by(group) {
+                let end = (start + group).min(len);
+                for (g, from) in (start..end).step_by(BLOCK).enumerate() {
+                    let (m, base) = ((end - from).min(BLOCK), k * task + from);
+                    let ranks = &mut ranks[g * nf..(g + 1) * nf];
+                    for (((col, cuts), sorted), r) in
+                        x.iter().zip(&self.cuts).zip(&self.sorted).zip(ranks)
+                    {
+                        // A feature no tree splits on is never read.
+                        if !cuts.is_empty() {
+                            sorted.count_below(
+                                &col[base..base + m],
+                                &mut r[..m],
+                                NAN_RANK,
+                                NAN_RANK,
+                            );
                         }
                     }
-                    // SAFETY: `raw` runs this path only when `simd::available()`.
-                    unsafe { simd::walk(&self.trees, &ranks, nf, rows) };
                 }
-            });
-        out
+                let mut first = 0;
+                for (out, &last) in outs.iter_mut().zip(&self.ends) {
+                    // SAFETY: `raw` runs this path only when `simd::available()`.
+                    unsafe {
+                        simd::walk(&self.trees[first..last], &ranks, nf, &mut out[start..end])
+                    };
+                    first = last;
+                }
+            }
+        });
+        outs
     }
 }
 
@@ -416,7 +459,7 @@ mod tests {
             .check()
             .unwrap(),
         );
-        let ranked = Ranked::new(&b, 3).expect("31-leaf trees fit the ranked layout");
+        let ranked = Ranked::new(&[&b], 3).expect("31-leaf trees fit the ranked layout");
         // Rows exactly at every threshold, just below and just above it, and NaN.
         let mut probe = features(3_001, 9);
         for t in &b.trees {
@@ -437,11 +480,49 @@ mod tests {
         assert_eq!(raw(&b, &pv), slow);
         #[cfg(target_arch = "x86_64")]
         if simd::available() {
-            assert_eq!(ranked.raw(b.init_score, &pv), slow);
+            assert_eq!(ranked.raw(&[b.init_score], &pv), vec![slow]);
         } else {
             eprintln!("this CPU has no AVX-512 VBMI: only the lockstep walk was checked");
         }
         let _ = ranked;
+    }
+
+    #[test]
+    fn boosters_scored_together_equal_each_scored_alone_bit_for_bit() {
+        let x = features(6_000, 7);
+        let views: Vec<&[f64]> = x.iter().map(|c| c.as_slice()).collect();
+        let fit = |y: &[f64], num_leaves: usize| {
+            let p = Params {
+                n_trees: 30,
+                num_leaves,
+                ..Default::default()
+            };
+            train(&views, y, Objective::SquaredError, &p.check().unwrap())
+        };
+        let ya: Vec<f64> = views[0].iter().map(|v| v.abs()).collect();
+        let yb: Vec<f64> = views[0]
+            .iter()
+            .zip(views[1])
+            .map(|(a, b)| a * a + b)
+            .collect();
+        // Fitted on the same features: the same bin bounds, one ranked layout for both.
+        let (a, b) = (fit(&ya, 31), fit(&yb, 31));
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            assert!(Ranked::new(&[&a, &b], 3).is_some());
+        }
+        let probe = features(2_777, 8);
+        let pv: Vec<&[f64]> = probe.iter().map(|c| c.as_slice()).collect();
+        assert_eq!(raw_many(&[&a, &b], &pv), vec![raw(&a, &pv), raw(&b, &pv)]);
+        assert_eq!(raw_many(&[&a, &b], &pv)[1], lockstep(&b, &pv));
+        // One booster that fits no ranked layout: each is scored alone.
+        let wide = fit(&yb, 40);
+        assert!(Ranked::new(&[&a, &wide], 3).is_none());
+        assert_eq!(
+            raw_many(&[&a, &wide], &pv),
+            vec![raw(&a, &pv), lockstep(&wide, &pv)]
+        );
+        assert_eq!(raw_many(&[], &pv), Vec::<Vec<f64>>::new());
     }
 
     #[test]
@@ -462,7 +543,7 @@ mod tests {
             .unwrap(),
         );
         assert!(b.trees.iter().any(|t| t.left.len() > BLOCK));
-        assert!(Ranked::new(&b, 3).is_none());
+        assert!(Ranked::new(&[&b], 3).is_none());
         assert_eq!(raw(&b, &views), lockstep(&b, &views));
     }
 }
