@@ -263,6 +263,10 @@ where
         for (k, v) in rest {
             o.entry(k).or_insert(v);
         }
+        // A span's own line (`MLPIPE_LOG_SPANS`): which span closed.
+        if event.metadata().is_span() {
+            o.insert("span".into(), event.metadata().name().into());
+        }
         o.insert("target".into(), event.metadata().target().into());
         writeln!(writer, "{}", serde_json::Value::Object(o))
     }

@@ -803,3 +803,50 @@ fn spans_are_exported_over_otlp_http_too() {
         assert!(text.contains(name), "`{name}` not in the exported spans");
     }
 }
+
+#[test]
+fn span_timings_are_logged_when_asked_for() {
+    let p = Project::new(true);
+    let run = |id: &str, env: &[(&str, &str)]| {
+        let o = p.mlpipe_env(
+            &[
+                "run",
+                "--as-of",
+                AS_OF,
+                "--run-id",
+                id,
+                "--to",
+                "train_churn",
+                "--force",
+                "--log-format",
+                "json",
+            ],
+            env,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["message"] == "close")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        run("s0", &[]).is_empty(),
+        "span lines without MLPIPE_LOG_SPANS"
+    );
+    let closed = run("s1", &[("MLPIPE_LOG_SPANS", "1")]);
+    // The training stage's steps, each with its busy and idle time, in the stage's function.
+    for step in ["fit", "predict", "estimator"] {
+        let line = closed
+            .iter()
+            .find(|v| v["span"] == step && v["function"] == "train_churn")
+            .unwrap_or_else(|| panic!("no closed `{step}` span of train_churn in {closed:?}"));
+        assert_eq!(line["model"], "churn", "{line}");
+        for t in ["time.busy", "time.idle"] {
+            assert!(
+                line[t].as_str().is_some_and(|s| s.ends_with('s')),
+                "{t}: {line}"
+            );
+        }
+    }
+}
