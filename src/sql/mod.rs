@@ -268,10 +268,9 @@ fn first_words(s: &str) -> String {
 }
 
 /// A session as every sql stage uses it: spans kept for positions in messages; text as plain
-/// strings; a memory pool
-/// of [`memory_budget`] bytes, beyond which sorts, aggregations and joins spill to the
-/// temporary folder instead of growing (a 10 M-customer export's events do not fit in memory);
-/// the engine's defaults otherwise (one partition per core).
+/// strings; a memory pool of [`memory_budget`] bytes, beyond which sorts, aggregations and joins
+/// spill to the temporary folder instead of growing (a 10 M-customer export's events do not fit
+/// in memory); the engine's defaults otherwise (one partition per core).
 pub fn session() -> SessionContext {
     use datafusion::execution::memory_pool::FairSpillPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
