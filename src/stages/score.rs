@@ -179,34 +179,42 @@ pub async fn run(
     for m in models {
         scorers.push(scorer(ctx, m, from).await?);
     }
-    // The models score side by side: each one's serial steps (calibration, the estimate's
-    // sorting) overlap the others' parallel ones.
-    let tasks: Vec<_> = models
+    // The models score together: those with the same transform share each chunk's encoded
+    // features and score it side by side (`Artifact::score_many`); then their estimates are
+    // made side by side, each in its model's span.
+    let spans: Vec<tracing::Span> = models
         .iter()
-        .zip(&scorers)
-        .map(|(m, s)| {
-            let (t, a) = (table.clone(), s.artifact.clone());
-            let span = tracing::info_span!("predict", model = %m, rows = t.num_rows());
-            tokio::task::spawn_blocking(move || {
+        .map(|m| tracing::info_span!("predict", model = %m, rows = table.num_rows()))
+        .collect();
+    let arts: Vec<Artifact> = scorers.iter().map(|s| s.artifact.clone()).collect();
+    let t = table.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        let arts: Vec<&Artifact> = arts.iter().collect();
+        let scored = Artifact::score_many(&arts, &t, &spans);
+        scored
+            .into_par_iter()
+            .zip(arts.par_iter().zip(spans.par_iter()))
+            .map(|(p, (a, span))| {
                 span.in_scope(|| {
-                    let mut p = a.score(&t)?;
+                    let mut p = p?;
                     let started = std::time::Instant::now();
                     let e = a.estimate(&p);
                     p.estimate_seconds += started.elapsed().as_secs_f64();
                     Ok::<_, String>((p, e))
                 })
             })
-        })
-        .collect();
-    for ((m, scorer), task) in models.iter().zip(scorers).zip(tasks) {
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?;
+    for ((m, scorer), scored) in models.iter().zip(scorers).zip(results) {
         let Scorer {
             artifact,
             version,
             sha256,
         } = scorer;
-        let scored = task
-            .await
-            .map_err(|e| Error::Infra(format!("scoring panicked: {e}")))?
+        let scored = scored
             .map_err(|e| Error::Data(format!("model `{m}` cannot score `{dataset}`: {e}")))?;
         let (pred, estimated) = scored;
         let values = &pred.values;
