@@ -332,27 +332,65 @@ mod simd {
     /// Adds every tree's leaf value to `out` (at most `GROUP` blocks of 64 rows);
     /// `ranks[g * nf + f][j]` is the rank of row `j` of block `g` in feature `f`.
     ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VBMI ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub unsafe fn walk(trees: &[RankTree], ranks: &[[u8; BLOCK]], nf: usize, out: &mut [f64]) {
+        debug_assert!(out.len() <= GROUP * BLOCK);
+        // SAFETY: the caller's.
+        unsafe {
+            if out.len() > BLOCK {
+                walk_blocks::<GROUP>(trees, ranks, nf, out)
+            } else {
+                walk_blocks::<1>(trees, ranks, nf, out)
+            }
+        }
+    }
+
+    /// [`walk`] of `B` blocks (the last possibly partial).
+    ///
     /// A step of a block: three byte permutes give each row's node's feature, threshold rank and
     /// left child; the row's rank in its node's feature is picked from the ranks of the features
     /// of this depth's nodes only (one feature: no picking; several: one masked load each, joined
     /// by OR, the masks being disjoint); a compare and an add move the row on. At the end each
     /// row's leaf number indexes the leaf values, eight rows at a time (two-register permutes of
-    /// 16 values), and the values are added to the rows' scores in tree order, as before.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VBMI ([`available`]).
+    /// 16 values), and the values are added to the rows' sums in tree order, as before. The sums
+    /// stay in registers from the first tree to the last (eight per block) and are stored once:
+    /// loading and storing them at every tree was a tenth of the walk's instructions. Lanes past
+    /// the last row walk stale ranks to some leaf and are never stored.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    pub unsafe fn walk(trees: &[RankTree], ranks: &[[u8; BLOCK]], nf: usize, out: &mut [f64]) {
-        // SAFETY (loads and stores): every pointer is to a 64-byte array.
+    unsafe fn walk_blocks<const B: usize>(
+        trees: &[RankTree],
+        ranks: &[[u8; BLOCK]],
+        nf: usize,
+        out: &mut [f64],
+    ) {
+        // SAFETY (loads and stores): every pointer is to a 64-byte array, or to at most eight
+        // values of `out`, masked to the ones it has.
         let load = |p: &[u8; BLOCK]| unsafe { _mm512_loadu_si512(p.as_ptr().cast()) };
+        let len = out.len();
+        let lanes = move |from: usize| -> __mmask8 {
+            let left = len.saturating_sub(from).min(8);
+            ((1u16 << left) - 1) as __mmask8
+        };
+        debug_assert!(ranks.len() >= B * nf && out.len() <= B * BLOCK);
         let one = _mm512_set1_epi8(1);
-        let blocks = out.len().div_ceil(BLOCK);
-        debug_assert!(blocks <= GROUP && ranks.len() >= blocks * nf);
+        let sixteen = _mm512_set1_epi64(16);
+        let mut sums = [[_mm512_setzero_pd(); 8]; B];
+        for (g, sums) in sums.iter_mut().enumerate() {
+            for (q, s) in sums.iter_mut().enumerate() {
+                let from = g * BLOCK + q * 8;
+                // SAFETY: see above; a mask of no lanes reads nothing.
+                *s = unsafe {
+                    _mm512_maskz_loadu_pd(lanes(from), out.as_ptr().add(from.min(out.len())))
+                };
+            }
+        }
         for t in trees {
             let (feature, rank, left) = (load(&t.feature), load(&t.rank), load(&t.left));
-            let mut node = [_mm512_setzero_si512(); GROUP];
+            let mut node = [_mm512_setzero_si512(); B];
             for level in &t.levels {
-                for (g, node) in node.iter_mut().enumerate().take(blocks) {
+                for (g, node) in node.iter_mut().enumerate() {
                     let ranks = &ranks[g * nf..(g + 1) * nf];
                     let k = _mm512_permutexvar_epi8(*node, rank);
                     let l = _mm512_permutexvar_epi8(*node, left);
@@ -389,31 +427,37 @@ mod simd {
             // SAFETY: 32 values in four 64-byte loads.
             let vals: [__m512d; 4] =
                 std::array::from_fn(|q| unsafe { _mm512_loadu_pd(t.value.as_ptr().add(8 * q)) });
-            let sixteen = _mm512_set1_epi64(16);
-            for (g, node) in node.iter().enumerate().take(blocks) {
-                let mut idx = [0u8; BLOCK];
+            for (node, sums) in node.iter().zip(sums.iter_mut()) {
                 let leaves = _mm512_permutexvar_epi8(*node, leaf);
-                // SAFETY: a 64-byte array.
-                unsafe { _mm512_storeu_si512(idx.as_mut_ptr().cast(), leaves) };
-                let len = out.len();
-                let rows = &mut out[g * BLOCK..((g + 1) * BLOCK).min(len)];
-                for (o, i) in rows.chunks_mut(8).zip(idx.chunks_exact(8)) {
-                    // SAFETY: 8 bytes of `idx`; `o` has at most 8 values and only its lanes are
-                    // loaded and stored.
-                    unsafe {
-                        let i = _mm512_cvtepu8_epi64(_mm_loadl_epi64(i.as_ptr().cast()));
+                // The block's 64 leaf numbers, 16 bytes at a time, eight of them per sum.
+                let quarters = [
+                    _mm512_extracti32x4_epi32::<0>(leaves),
+                    _mm512_extracti32x4_epi32::<1>(leaves),
+                    _mm512_extracti32x4_epi32::<2>(leaves),
+                    _mm512_extracti32x4_epi32::<3>(leaves),
+                ];
+                for (pair, x) in sums.chunks_exact_mut(2).zip(quarters) {
+                    for (s, bytes) in pair.iter_mut().zip([x, _mm_srli_si128::<8>(x)]) {
+                        let i = _mm512_cvtepu8_epi64(bytes);
                         let lo = _mm512_permutex2var_pd(vals[0], i, vals[1]);
                         let hi = _mm512_permutex2var_pd(vals[2], i, vals[3]);
                         let v = _mm512_mask_blend_pd(_mm512_test_epi64_mask(i, sixteen), lo, hi);
-                        let m: __mmask8 = if o.len() == 8 {
-                            0xFF
-                        } else {
-                            (1u8 << o.len()) - 1
-                        };
-                        let s = _mm512_maskz_loadu_pd(m, o.as_ptr());
-                        _mm512_mask_storeu_pd(o.as_mut_ptr(), m, _mm512_add_pd(s, v));
+                        *s = _mm512_add_pd(*s, v);
                     }
                 }
+            }
+        }
+        for (g, sums) in sums.iter().enumerate() {
+            for (q, s) in sums.iter().enumerate() {
+                let from = g * BLOCK + q * 8;
+                // SAFETY: see above; a mask of no lanes writes nothing.
+                unsafe {
+                    _mm512_mask_storeu_pd(
+                        out.as_mut_ptr().add(from.min(out.len())),
+                        lanes(from),
+                        *s,
+                    )
+                };
             }
         }
     }
