@@ -76,19 +76,29 @@ pub fn needs_calibration(y: &[bool], p: &[f64]) -> bool {
     let yf: Vec<f64> = y.iter().map(|t| f64::from(u8::from(*t))).collect();
     // Sorted once: each fold's training rows, filtered from it, stay in order.
     let order = crate::model::calibration::isotonic_order(p, &yf);
+    // The folds on every core (at the end of a binary model's training, often the last stage
+    // running), their rows joined in fold order as one after another would give them.
+    use rayon::prelude::*;
+    let tested: Vec<Vec<(f64, f64, f64)>> = (0..FOLDS)
+        .into_par_iter()
+        .map(|k| {
+            let rest: Vec<u32> = order
+                .iter()
+                .copied()
+                .filter(|&i| fold[i as usize] != k)
+                .collect();
+            let c = Calibrator::fit_isotonic_ordered(p, &yf, &rest);
+            (0..y.len())
+                .filter(|&i| fold[i] == k)
+                .map(|i| (yf[i], p[i], c.apply(p[i])))
+                .collect()
+        })
+        .collect();
     let (mut truth, mut before, mut after) = (Vec::new(), Vec::new(), Vec::new());
-    for k in 0..FOLDS {
-        let rest: Vec<u32> = order
-            .iter()
-            .copied()
-            .filter(|&i| fold[i as usize] != k)
-            .collect();
-        let c = Calibrator::fit_isotonic_ordered(p, &yf, &rest);
-        for i in (0..y.len()).filter(|&i| fold[i] == k) {
-            truth.push(yf[i]);
-            before.push(p[i]);
-            after.push(c.apply(p[i]));
-        }
+    for (t, b, a) in tested.into_iter().flatten() {
+        truth.push(t);
+        before.push(b);
+        after.push(a);
     }
     let ece = |q: &[f64]| crate::model::calibration::expected_calibration_error(&truth, q, 10);
     ece(&before) > ece(&after)
@@ -104,8 +114,11 @@ impl Reference {
     /// probabilities `p`, with decisions at `threshold`, and the estimator's calibrator if
     /// [`needs_calibration`].
     pub fn fit(y: &[bool], p: &[f64], threshold: f64) -> Reference {
-        let mut r = Reference::fit_uncalibrated(y, p, threshold);
-        if needs_calibration(y, p) {
+        let (mut r, needs) = rayon::join(
+            || Reference::fit_uncalibrated(y, p, threshold),
+            || needs_calibration(y, p),
+        );
+        if needs {
             let yf: Vec<f64> = y.iter().map(|t| f64::from(u8::from(*t))).collect();
             r.calibrator = Calibrator::fit_isotonic(p, &yf);
         }
