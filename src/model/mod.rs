@@ -338,13 +338,7 @@ impl Artifact {
         self.predict_chunked(batch, rows, PREDICT_CHUNK, false)
     }
 
-    /// [`Artifact::predict`], plus what the estimator needs of the rows' features (DLE's loss
-    /// sums), from the same encoded chunks: for scoring, which estimates performance.
-    pub fn score(&self, batch: &RecordBatch) -> Result<Predictions, String> {
-        self.predict_chunked(batch, None, PREDICT_CHUNK, true)
-    }
-
-    /// The estimated performance on the rows of `p` (from [`Artifact::score`]); `None` for an
+    /// The estimated performance on the rows of `p` (from [`Artifact::score_many`]); `None` for an
     /// artifact without an estimator (trained before estimation existed) or for no rows.
     pub fn estimate(&self, p: &Predictions) -> Option<estimate::Estimates> {
         if p.values.is_empty() {
@@ -371,7 +365,9 @@ impl Artifact {
         Ok(s.finish(fills))
     }
 
-    /// [`Artifact::score`] of several models over every row of `batch`, in their order. Models
+    /// Each model's [`Artifact::predict`] of every row of `batch`, in their order, plus what its
+    /// estimator needs of the rows (DLE's loss sums, the uncalibrated probabilities CBPE ranks
+    /// by), from the same encoded chunks: for scoring, which estimates performance. Models
     /// whose transforms are equal (the same features, categories and filled-in values: models
     /// trained on the same rows) share each chunk's encoded features and score it side by side;
     /// encoding the default pipeline's features once instead of once a model saved two thirds
