@@ -641,20 +641,7 @@ mod tests {
                 .fit(&views, yt, Task::Regression, &transform)
                 .unwrap()
         );
-        let artifact = Artifact {
-            format_version: 1,
-            name: "m".into(),
-            task: Task::Regression,
-            target: "y".into(),
-            positive_label: None,
-            algorithm,
-            threshold: 0.5,
-            transform,
-            fitted,
-            calibrator: Default::default(),
-            estimator: None,
-            selection_threshold: None,
-        };
+        let artifact = regression_artifact(algorithm, transform, fitted);
         let all = artifact.fitted.predict(&m.views()).unwrap();
         for chunk in [1, 999, 1_000, 5_000, 1 << 18] {
             let Predictions {
@@ -679,27 +666,12 @@ mod tests {
         }
     }
 
-    /// A booster on features `names` of `batch`, fitted on `rows` to `y`.
-    fn fitted_on(batch: &RecordBatch, names: &[&str], rows: &[u32], y: &[f64]) -> Artifact {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let transform = transform::Transform::fit(batch, &names, rows).unwrap();
-        let m = transform.apply(batch).unwrap();
-        let xt: Vec<Vec<f64>> = m
-            .columns
-            .iter()
-            .map(|c| rows.iter().map(|&r| c[r as usize]).collect())
-            .collect();
-        let xt: Vec<&[f64]> = xt.iter().map(|c| c.as_slice()).collect();
-        let yt: Vec<f64> = rows.iter().map(|&r| y[r as usize]).collect();
-        let algorithm = Algorithm::Gbdt {
-            params: gbdt::Params {
-                n_trees: 15,
-                ..Default::default()
-            },
-        };
-        let fitted = algorithm
-            .fit(&xt, &yt, Task::Regression, &transform)
-            .unwrap();
+    /// A regression model's artifact without calibrator or estimator.
+    fn regression_artifact(
+        algorithm: Algorithm,
+        transform: transform::Transform,
+        fitted: Fitted,
+    ) -> Artifact {
         Artifact {
             format_version: 1,
             name: "m".into(),
@@ -714,6 +686,28 @@ mod tests {
             estimator: None,
             selection_threshold: None,
         }
+    }
+
+    /// A booster on features `names` of `batch`, fitted on `rows` to `y`.
+    fn fitted_on(batch: &RecordBatch, names: &[&str], rows: &[u32], y: &[f64]) -> Artifact {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let transform = transform::Transform::fit(batch, &names, rows).unwrap();
+        let x = transform::Encoded {
+            transform: &transform,
+            batch,
+            rows: Some(rows),
+        };
+        let yt: Vec<f64> = rows.iter().map(|&r| y[r as usize]).collect();
+        let algorithm = Algorithm::Gbdt {
+            params: gbdt::Params {
+                n_trees: 15,
+                ..Default::default()
+            },
+        };
+        let fitted = algorithm
+            .fit_columns(&x, &yt, Task::Regression, &transform)
+            .unwrap();
+        regression_artifact(algorithm, transform, fitted)
     }
 
     /// Models scored together (those with equal transforms sharing each chunk's encoded
